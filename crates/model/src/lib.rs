@@ -3,5 +3,29 @@
 //!
 //! Plain synchronous code: no async runtime, no gRPC. Services own a model on
 //! a dedicated OS thread (tch tensors are `Send` but not `Sync`).
+//!
+//! Module map (one block per file, upstream-shaped):
+//! - [`nn`]: building blocks shared by the VAE and the UNets (diffusers
+//!   `resnet.py`, `attention.py`, `embeddings.py`).
+//! - [`vae`]: `AutoencoderKL` (sd-vae-ft-mse).
+//! - [`unet2d`]: the 2D UNet (reference UNet, EchoMimic's
+//!   `unet_2d_condition.py`) with reference "write".
+//! - [`unet3d`], [`motion`], [`face_locator`]: the denoising UNet inflated to
+//!   video, AnimateDiff motion modules, the face-mask encoder.
+//! - [`audio`]: whisper-tiny log-mel front end, encoder and EchoMimic's
+//!   per-frame feature windows.
+//! - [`face`]: MTCNN face detection and EchoMimic's crop and face mask.
+//! - [`scheduler`], [`rolling`]: v-prediction zero-SNR DDIM (teacher), LCM
+//!   consistency sampling (student), EFT rolling state.
 
+pub mod audio;
 pub mod device;
+pub mod face;
+pub mod face_locator;
+pub mod motion;
+pub mod nn;
+pub mod rolling;
+pub mod scheduler;
+pub mod unet2d;
+pub mod unet3d;
+pub mod vae;
