@@ -10,7 +10,9 @@
 //! - [`error`]: the one mapping from service errors to gRPC status codes.
 //! - [`client`]: channels to other stages with the same limits and tracing.
 
+pub mod app;
 pub mod client;
+pub mod drain;
 pub mod error;
 pub mod metrics;
 pub mod serve;

@@ -24,7 +24,10 @@ use tonic::{server::NamedService, service::Routes};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::Instrument as _;
 
-use crate::{Shutdown, settings::GrpcSettings};
+use crate::{Shutdown, drain::HardStopLayer, settings::GrpcSettings};
+
+/// How long cut calls get to flush their final status after the deadline.
+const HARD_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -171,10 +174,15 @@ where
             tracing::info!(service = service_name, "draining");
         }
     };
+    let hard_stop = tokio_util::sync::CancellationToken::new();
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(grpc.keepalive_interval))
         .concurrency_limit_per_connection(grpc.concurrency_limit_per_connection)
-        .layer(GrpcTelemetryLayer { service: service_name })
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(HardStopLayer::new(hard_stop.clone()))
+                .layer(GrpcTelemetryLayer { service: service_name }),
+        )
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
 
@@ -182,18 +190,25 @@ where
         shutdown.triggered().await;
         tokio::time::sleep(grpc.drain_timeout).await;
     };
+    tokio::pin!(server);
     tokio::select! {
-        res = server => {
+        res = &mut server => {
             res?;
             tracing::info!(service = service_name, "drained");
+            return Ok(());
         }
-        () = deadline => {
-            tracing::warn!(
-                service = service_name,
-                drain_timeout = ?grpc.drain_timeout,
-                "drain deadline passed; cutting in-flight calls"
-            );
-        }
+        () = deadline => {}
+    }
+    tracing::warn!(
+        service = service_name,
+        drain_timeout = ?grpc.drain_timeout,
+        "drain deadline passed; cutting in-flight calls"
+    );
+    hard_stop.cancel();
+    // Cut calls end their streams at once; give the connections a moment to
+    // flush those trailers, then give up on them.
+    if tokio::time::timeout(HARD_STOP_GRACE, &mut server).await.is_err() {
+        tracing::warn!(service = service_name, "connections still open after the hard stop");
     }
     Ok(())
 }

@@ -248,6 +248,39 @@ pub fn validate_common(c: Common<'_>) -> Result<(), SettingsError> {
     c.telemetry.validate()
 }
 
+/// Settings of a service that has only the common sections (so far).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseSettings {
+    #[serde(default)]
+    pub grpc: GrpcSettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+}
+
+impl BaseSettings {
+    /// Defaults with the gRPC and metrics servers on loopback at these ports.
+    pub fn on_ports(grpc: u16, metrics: u16) -> Self {
+        Self {
+            grpc: GrpcSettings::on_port(grpc),
+            metrics: MetricsSettings::on_port(metrics),
+            telemetry: TelemetrySettings::default(),
+        }
+    }
+
+    pub fn common(&self) -> Common<'_> {
+        Common { grpc: &self.grpc, metrics: &self.metrics, telemetry: &self.telemetry }
+    }
+}
+
+impl Validate for BaseSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        validate_common(self.common())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,1 +1,5 @@
-fn main(){}
+//! `osa-generator`: see the crate docs.
+
+fn main() -> std::process::ExitCode {
+    osa_runtime::app::main("osa-generator", osa_generator::run)
+}
