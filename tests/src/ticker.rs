@@ -30,7 +30,11 @@ impl ticker_server::Ticker for Ticker {
             async move {
                 for index in 0..count {
                     tracing::info!(index, "tick");
-                    if tx.send(Ok(TickReply { index, traceparent: traceparent.clone() })).await.is_err() {
+                    if tx
+                        .send(Ok(TickReply { index, traceparent: traceparent.clone() }))
+                        .await
+                        .is_err()
+                    {
                         return; // the client left
                     }
                     tokio::time::sleep(Duration::from_millis(u64::from(interval_ms))).await;

@@ -26,8 +26,15 @@ async fn ticker_server(
 ) -> anyhow::Result<sandbox::Running> {
     sandbox::spawn(grpc(drain), move |g, listener, shutdown| async move {
         let warm_up = async move { warm.await.map_err(|e| e.to_string()) };
-        serve::serve("ticker", &g, ServiceSet::new().add(ticker::server()), listener, warm_up, shutdown)
-            .await?;
+        serve::serve(
+            "ticker",
+            &g,
+            ServiceSet::new().with(ticker::server()),
+            listener,
+            warm_up,
+            shutdown,
+        )
+        .await?;
         Ok(())
     })
     .await
@@ -147,8 +154,9 @@ async fn every_service_binary_serves_health_and_reflection() {
     };
 
     let gateway = sandbox::spawn(osa_gateway::Settings::default(), osa_gateway::run).await.unwrap();
-    let audio =
-        sandbox::spawn(osa_audio_encoder::Settings::default(), osa_audio_encoder::run).await.unwrap();
+    let audio = sandbox::spawn(osa_audio_encoder::Settings::default(), osa_audio_encoder::run)
+        .await
+        .unwrap();
     let generator =
         sandbox::spawn(osa_generator::Settings::default(), osa_generator::run).await.unwrap();
     let decoder = sandbox::spawn(osa_decoder::Settings::default(), osa_decoder::run).await.unwrap();
@@ -174,7 +182,10 @@ async fn every_service_binary_serves_health_and_reflection() {
         assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{names:?}");
     }
     let ch = gateway.channel().await.unwrap();
-    assert_eq!(sandbox::health(ch.clone(), "osa.v1.InfoService").await.unwrap(), ServingStatus::Serving);
+    assert_eq!(
+        sandbox::health(ch.clone(), "osa.v1.InfoService").await.unwrap(),
+        ServingStatus::Serving
+    );
     let info = osa_proto::v1::info_service_client::InfoServiceClient::new(ch)
         .get_server_info(osa_proto::v1::GetServerInfoRequest {})
         .await

@@ -27,8 +27,15 @@ async fn one_trace_across_a_grpc_hop() {
 
     let gateway = sandbox::spawn(osa_gateway::Settings::default(), osa_gateway::run).await.unwrap();
     let ticker = sandbox::spawn(GrpcSettings::default(), |g, l, s| async move {
-        serve::serve("ticker", &g, ServiceSet::new().add(ticker::server()), l, async { Ok(()) }, s)
-            .await?;
+        serve::serve(
+            "ticker",
+            &g,
+            ServiceSet::new().with(ticker::server()),
+            l,
+            async { Ok(()) },
+            s,
+        )
+        .await?;
         Ok(())
     })
     .await
@@ -78,8 +85,18 @@ async fn one_trace_across_a_grpc_hop() {
     let info = by_name("osa.v1.InfoService/GetServerInfo");
     let tick = by_name("osa.testing.v1.Ticker/Tick");
     for server in [&info, &tick] {
-        assert_eq!(server.trace_id(), client.trace_id(), "{} is in another trace", server.span.name);
-        assert_eq!(server.parent_span_id(), client.span_id(), "{} has another parent", server.span.name);
+        assert_eq!(
+            server.trace_id(),
+            client.trace_id(),
+            "{} is in another trace",
+            server.span.name
+        );
+        assert_eq!(
+            server.parent_span_id(),
+            client.span_id(),
+            "{} has another parent",
+            server.span.name
+        );
         assert_eq!(server.service, "osa-test");
     }
     // The header the server saw carries the same trace id.

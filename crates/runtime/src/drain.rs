@@ -105,7 +105,11 @@ impl<B> std::fmt::Debug for StopBody<B> {
 
 impl<B> StopBody<B> {
     fn new(inner: B, token: CancellationToken) -> Self {
-        Self { inner: Box::pin(inner), stop: Box::pin(token.cancelled_owned()), state: State::Streaming }
+        Self {
+            inner: Box::pin(inner),
+            stop: Box::pin(token.cancelled_owned()),
+            state: State::Streaming,
+        }
     }
 }
 
@@ -128,8 +132,10 @@ impl<B: Body<Data = Bytes>> Body for StopBody<B> {
         if self.stop.as_mut().poll(cx).is_ready() {
             self.state = State::Cut;
             let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", http::HeaderValue::from(tonic::Code::Unavailable as i32));
-            trailers.insert("grpc-message", http::HeaderValue::from_static("server is shutting down"));
+            trailers
+                .insert("grpc-status", http::HeaderValue::from(tonic::Code::Unavailable as i32));
+            trailers
+                .insert("grpc-message", http::HeaderValue::from_static("server is shutting down"));
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         let frame = ready!(self.inner.as_mut().poll_frame(cx));

@@ -81,10 +81,10 @@ impl From<ServiceError> for tonic::Status {
             tracing::error!(error = %e, "internal error");
         }
         let mut status = tonic::Status::new(code, e.to_string());
-        if let ServiceError::ResourceExhausted { retry_after: Some(d), .. } = &e {
-            if let Ok(v) = d.as_millis().to_string().parse() {
-                status.metadata_mut().insert(RETRY_AFTER_MS, v);
-            }
+        if let ServiceError::ResourceExhausted { retry_after: Some(d), .. } = &e
+            && let Ok(v) = d.as_millis().to_string().parse()
+        {
+            status.metadata_mut().insert(RETRY_AFTER_MS, v);
         }
         status
     }

@@ -48,5 +48,7 @@ pub async fn serve(listener: TcpListener, shutdown: Shutdown) -> std::io::Result
             }
         }),
     );
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.triggered().await }).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.triggered().await })
+        .await
 }

@@ -89,7 +89,7 @@ impl ServiceSet {
 
     /// Adds a generated tonic server (already configured with its message
     /// size limits).
-    pub fn add<S>(mut self, svc: S) -> Self
+    pub fn with<S>(mut self, svc: S) -> Self
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -140,7 +140,10 @@ where
         .build_v1alpha()?;
 
     let mut routes: Routes = services.routes.routes();
-    routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+    routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
 
     let local = listener.local_addr().ok();
     tracing::info!(service = service_name, addr = ?local, "grpc listening");
@@ -160,7 +163,9 @@ where
                     );
                 }
                 Ok(()) => {}
-                Err(e) => tracing::error!(service = service_name, error = %e, "warm-up failed; staying NOT_SERVING"),
+                Err(e) => {
+                    tracing::error!(service = service_name, error = %e, "warm-up failed; staying NOT_SERVING")
+                }
             }
         });
     }

@@ -81,9 +81,8 @@ where
                 source: config::ConfigError::Message("no such file".into()),
             });
         }
-        builder = builder.add_source(
-            config::File::from(path).format(config::FileFormat::Toml).required(true),
-        );
+        builder = builder
+            .add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
     }
     let environment = config::Environment::with_prefix(ENV_PREFIX)
         .prefix_separator(ENV_SEPARATOR)
@@ -227,10 +226,8 @@ impl Validate for TelemetrySettings {
                 format!("{} is outside 0.0..=1.0", self.sample_ratio),
             ));
         }
-        if !self.otlp_endpoint.is_empty()
-            && !(self.otlp_endpoint.starts_with("http://")
-                || self.otlp_endpoint.starts_with("https://"))
-        {
+        let e = &self.otlp_endpoint;
+        if !(e.is_empty() || e.starts_with("http://") || e.starts_with("https://")) {
             return Err(SettingsError::invalid(
                 "telemetry.otlp_endpoint",
                 format!("{:?} must start with http:// or https://", self.otlp_endpoint),

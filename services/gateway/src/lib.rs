@@ -15,12 +15,16 @@ use osa_runtime::{Shutdown, serve::ServiceSet};
 use tokio::net::TcpListener;
 
 /// Serves the gateway on `listener` until `shutdown` and the drain are over.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let max = settings.grpc.max_message_bytes;
     let info = InfoServiceServer::new(info::Info::new(&settings))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let services = ServiceSet::new().add(info);
+    let services = ServiceSet::new().with(info);
     osa_runtime::serve::serve(
         "osa-gateway",
         &settings.grpc,

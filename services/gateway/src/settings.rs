@@ -105,7 +105,7 @@ impl Validate for Settings {
         if g.max_audio_duration.is_zero() {
             return Err(SettingsError::invalid("gateway.max_audio_duration", "must be positive"));
         }
-        if !(g.requests_per_second_per_key > 0.0) {
+        if !g.requests_per_second_per_key.is_finite() || g.requests_per_second_per_key <= 0.0 {
             return Err(SettingsError::invalid(
                 "gateway.requests_per_second_per_key",
                 "must be positive",

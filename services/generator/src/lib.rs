@@ -36,7 +36,11 @@ impl ServiceSettings for Settings {
 }
 
 /// Serves the stage on `listener` until `shutdown` and the drain are over.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     osa_runtime::serve::serve(
         "osa-generator",
         &settings.0.grpc,
