@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use image::{GrayImage, RgbImage};
 use osa_model::face::{
     Face,
-    crop::{crop_geometry, prepare_reference, select_face},
+    crop::{CropGeometry, crop_geometry, prepare_reference, select_face},
     mtcnn::Mtcnn,
 };
 use tch::{Device, Kind, Tensor};
@@ -124,6 +124,54 @@ fn two_faces_side_by_side() {
 }
 
 #[test]
+fn face_cut_by_the_corner() {
+    // Boxes with negative coordinates: crops clipped as upstream's `pad`.
+    let f = fixture();
+    let faces = check_case(&f, "edge");
+    assert_eq!(faces.len(), 1);
+    assert!(faces[0].bbox[0] < 0.0 && faces[0].bbox[1] < 0.0);
+}
+
+#[test]
+fn small_face_near_minimum_size() {
+    let f = fixture();
+    assert_eq!(check_case(&f, "small").len(), 1);
+}
+
+/// Crop geometry from the reference's own box (`<prefix>.bbox`) on the
+/// fixture image `case`: the crop box and the full-resolution cropped mask
+/// must be integer-exact.
+fn check_geometry(io: &HashMap<String, Tensor>, case: &str, prefix: &str) -> CropGeometry {
+    let image = rgb(get(io, &format!("{case}.image")));
+    let bbox: [f32; 4] = floats(get(io, &format!("{prefix}.bbox"))).try_into().unwrap();
+    let geometry = crop_geometry(bbox, image.width(), image.height());
+    let want: Vec<i64> = Vec::try_from(get(io, &format!("{prefix}.box"))).unwrap();
+    assert_eq!(geometry.crop_box.to_vec(), want, "{prefix}: crop box");
+    let [x0, y0, x1, y1] = geometry.crop_box;
+    // The mask rectangle intersected with the crop, in crop coordinates.
+    let [mx0, my0, mx1, my1] = geometry.mask_box;
+    let (mx0, mx1) = ((mx0 - x0).clamp(0, x1 - x0), (mx1 - x0).clamp(0, x1 - x0));
+    let (my0, my1) = ((my0 - y0).clamp(0, y1 - y0), (my1 - y0).clamp(0, y1 - y0));
+    let ours = Tensor::zeros([y1 - y0, x1 - x0], (Kind::Uint8, Device::Cpu));
+    let _ = ours.narrow(0, my0, my1 - my0).narrow(1, mx0, mx1 - mx0).fill_(255);
+    assert!(
+        ours.equal(get(io, &format!("{prefix}.mask_full"))),
+        "{prefix}: mask before resize differs"
+    );
+    geometry
+}
+
+#[test]
+fn echomimic_geometry_at_the_image_corner() {
+    let f = fixture();
+    let g = check_geometry(&f.io, "edge", "edge_crop");
+    assert_eq!(g.mask_box[0], 0, "mask clipped at the left edge");
+    // Upstream's negative slice start wraps around and leaves no mask at all
+    // here: the documented deviation (face/crop.rs).
+    assert_eq!(get(&f.io, "edge_crop.upstream_mask_full").sum(Kind::Int64).int64_value(&[]), 0);
+}
+
+#[test]
 fn echomimic_crop_and_mask_match_reference() {
     let f = fixture();
     let io = &f.io;
@@ -131,19 +179,11 @@ fn echomimic_crop_and_mask_match_reference() {
     let faces = f.model.detect(&image).unwrap();
     let face = select_face(&faces).expect("a confident face");
 
-    // Geometry from the reference's own box: integer-exact.
-    let bbox: [f32; 4] = floats(get(io, "crop.bbox")).try_into().unwrap();
-    let geometry = crop_geometry(bbox, image.width(), image.height());
-    let want: Vec<i64> = Vec::try_from(get(io, "crop.box")).unwrap();
-    assert_eq!(geometry.crop_box.to_vec(), want, "crop box");
-
-    // The square crop and mask before resizing, pixel-exact.
+    // Geometry from the reference's own box: integer-exact, and the square
+    // crop before resizing pixel-exact.
+    let geometry = check_geometry(io, "astronaut", "crop");
+    let want = geometry.crop_box.to_vec();
     let [x0, y0, x1, y1] = geometry.crop_box;
-    let full_mask = get(io, "crop.mask_full");
-    let ours = Tensor::zeros([y1 - y0, x1 - x0], (Kind::Uint8, Device::Cpu));
-    let [mx0, my0, mx1, my1] = geometry.mask_box;
-    let _ = ours.narrow(0, my0 - y0, my1 - my0).narrow(1, mx0 - x0, mx1 - mx0).fill_(255);
-    assert!(ours.equal(full_mask), "mask before resize differs");
     let crop_full = Tensor::from_slice(image.as_raw())
         .view([512, 512, 3])
         .narrow(0, y0, y1 - y0)

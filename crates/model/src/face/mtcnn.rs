@@ -149,9 +149,9 @@ impl Mtcnn {
             return Ok(Vec::new());
         }
         let mut faces = self.stage_onet(&img, &boxes, w, h)?;
-        // `select_largest`: numpy argsort of the areas, reversed. For the
-        // handful of faces here numpy's sort is stable, so equal areas end up
-        // in reverse detection order.
+        // `select_largest`: numpy argsort of the areas, reversed. Equal areas
+        // have no defined order upstream (see `nms_numpy`); ours end up in
+        // reverse detection order.
         let area = |f: &Face| (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]);
         faces.sort_by(|a, b| area(a).total_cmp(&area(b)));
         faces.reverse();

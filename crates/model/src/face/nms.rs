@@ -66,9 +66,10 @@ pub fn nms_iou(boxes: &[Box4], scores: &[f32], threshold: f64) -> Vec<usize> {
 /// Returns kept indices, highest score first.
 pub fn nms_numpy(boxes: &[Box4], scores: &[f32], threshold: f32, min_overlap: bool) -> Vec<usize> {
     assert_eq!(boxes.len(), scores.len());
-    // numpy's default argsort is an introsort that falls back to insertion
-    // sort (stable) below 17 elements, which is all the final stage ever
-    // sees; a stable ascending sort reproduces its tie order there.
+    // Upstream's tie order is unspecified: numpy's default argsort is not
+    // stable and, with x86-simd-sort on AVX-512 CPUs, even 4 equal scores may
+    // come out in any order. Exact ties (saturated probabilities) are the
+    // only case where this matters; a stable sort makes ours deterministic.
     let mut order: Vec<usize> = (0..boxes.len()).collect();
     order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
     let area: Vec<f32> = boxes.iter().map(|b| (b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0)).collect();

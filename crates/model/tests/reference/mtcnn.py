@@ -7,9 +7,10 @@ reference crop / face mask (infer_audio2vid.py `select_face` and the
 io tensors:
 - {pnet,rnet,onet}.in / .out*: raw net outputs on fixed random inputs.
 - <case>.image (uint8 HWC), <case>.boxes [N,4], <case>.probs [N],
-  <case>.points [N,5,2] for the cases astronaut, coffee (no face) and
-  twins (astronaut tiled twice side by side).
-- crop.*: EchoMimic geometry on the astronaut's selected face.
+  <case>.points [N,5,2] for the cases astronaut, coffee (no face), twins
+  (astronaut tiled twice side by side), edge (face cut by the image corner)
+  and small (100x100 downscale).
+- crop.*, edge_crop.*: EchoMimic geometry on the selected face.
 """
 import os
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import skimage.data
+from PIL import Image
 from facenet_pytorch import MTCNN
 
 import common
@@ -70,12 +72,17 @@ def crop_and_pad(image, rect):
     return image[ny0:ny1, nx0:nx1], (nx0, ny0, nx1, ny1)
 
 
-def echomimic_prepare(img, bbox, size, mask_ratio=0.1, crop_ratio=0.5):
+def echomimic_prepare(img, bbox, size, mask_ratio=0.1, crop_ratio=0.5, clip_mask=False):
+    """clip_mask=True clips a negative mask start at 0 (osa's documented
+    deviation) instead of letting numpy wrap it around."""
     face_mask = np.zeros(img.shape[:2], np.uint8)
     xyxy = np.round(bbox[:4]).astype("int")
     rb, re, cb, ce = xyxy[1], xyxy[3], xyxy[0], xyxy[2]
     r_pad, c_pad = int((re - rb) * mask_ratio), int((ce - cb) * mask_ratio)
-    face_mask[rb - r_pad:re + r_pad, cb - c_pad:ce + c_pad] = 255
+    r0, c0 = rb - r_pad, cb - c_pad
+    if clip_mask:
+        r0, c0 = max(0, r0), max(0, c0)
+    face_mask[r0:re + r_pad, c0:ce + c_pad] = 255
     r_pad, c_pad = int((re - rb) * crop_ratio), int((ce - cb) * crop_ratio)
     rect = [max(0, cb - c_pad), max(0, rb - r_pad), min(ce + c_pad, img.shape[1]), min(re + r_pad, img.shape[0])]
     crop, box = crop_and_pad(img, rect)
@@ -117,6 +124,13 @@ def main():
     boxes, probs = detect_case(mtcnn, "astronaut", astronaut, io)
     detect_case(mtcnn, "coffee", skimage.data.coffee(), io)
     detect_case(mtcnn, "twins", np.concatenate([astronaut, astronaut], axis=1), io)
+    # A face cut by the top-left corner: boxes reach negative coordinates, so
+    # the crops are clipped (`pad`) and EchoMimic's mask slice starts < 0.
+    edge = astronaut[70:370, 200:450]
+    edge_boxes, edge_probs = detect_case(mtcnn, "edge", edge, io)
+    # A 100x100 downscale: a face near the minimum size, few pyramid levels.
+    small = np.array(Image.fromarray(astronaut).resize((100, 100), Image.BILINEAR))
+    detect_case(mtcnn, "small", small, io)
 
     bbox = select_face(boxes, probs)
     assert bbox is not None, "the astronaut has a face"
@@ -128,6 +142,16 @@ def main():
     io["crop.image"] = resize_linear(crop, CROP_SIZE)
     io["crop.mask"] = resize_linear(mask, CROP_SIZE)
     print("crop box", box)
+
+    bbox = select_face(edge_boxes, edge_probs)
+    assert bbox is not None, "the cut face is still found"
+    crop, mask, box = echomimic_prepare(edge, bbox, CROP_SIZE, clip_mask=True)
+    _, upstream_mask, _ = echomimic_prepare(edge, bbox, CROP_SIZE)
+    io["edge_crop.bbox"] = torch.from_numpy(np.asarray(bbox, dtype=np.float32))
+    io["edge_crop.box"] = torch.tensor(box, dtype=torch.int64)
+    io["edge_crop.mask_full"] = torch.from_numpy(np.ascontiguousarray(mask))
+    io["edge_crop.upstream_mask_full"] = torch.from_numpy(np.ascontiguousarray(upstream_mask))
+    print("edge crop box", box, "mask px", int((mask > 0).sum()), "upstream mask px", int((upstream_mask > 0).sum()))
 
     # The weights file is exactly what scripts/convert_mtcnn.py produces.
     common.save(args, convert_mtcnn.merged_state_dict(), io)
