@@ -152,8 +152,7 @@ impl Mtcnn {
         // `select_largest`: numpy argsort of the areas, reversed. Equal areas
         // have no defined order upstream (see `nms_numpy`); ours end up in
         // reverse detection order.
-        let area = |f: &Face| (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]);
-        faces.sort_by(|a, b| area(a).total_cmp(&area(b)));
+        faces.sort_by(|a, b| a.area().total_cmp(&b.area()));
         faces.reverse();
         Ok(faces)
     }
@@ -441,5 +440,12 @@ mod tests {
         let m = Mtcnn::new(vs.root());
         assert!(matches!(m.detect(&RgbImage::new(0, 4)), Err(FaceError::EmptyImage { .. })));
         assert!(m.detect(&RgbImage::new(10, 10)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn missing_weights_file_is_a_load_error() {
+        let err =
+            Mtcnn::load(Path::new("/nonexistent/mtcnn.safetensors"), Device::Cpu).unwrap_err();
+        assert!(matches!(err, FaceError::Load { .. }), "{err}");
     }
 }
