@@ -12,13 +12,13 @@
 //!
 //! | entries | blocks | at 512² (latent 64²) |
 //! |---|---|---|
-//! | 0, 1 | `down_blocks.0.attentions.0/1` | [N, 4096, 320] |
-//! | 2, 3 | `down_blocks.1.attentions.0/1` | [N, 1024, 640] |
-//! | 4, 5 | `down_blocks.2.attentions.0/1` | [N, 256, 1280] |
-//! | 6 | `mid_block.attentions.0` | [N, 64, 1280] |
-//! | 7, 8, 9 | `up_blocks.1.attentions.0/1/2` | [N, 256, 1280] |
-//! | 10, 11, 12 | `up_blocks.2.attentions.0/1/2` | [N, 1024, 640] |
-//! | 13, 14, 15 | `up_blocks.3.attentions.0/1/2` | [N, 4096, 320] |
+//! | 0, 1 | `down_blocks.0.attentions.0/1` | `[N, 4096, 320]` |
+//! | 2, 3 | `down_blocks.1.attentions.0/1` | `[N, 1024, 640]` |
+//! | 4, 5 | `down_blocks.2.attentions.0/1` | `[N, 256, 1280]` |
+//! | 6 | `mid_block.attentions.0` | `[N, 64, 1280]` |
+//! | 7, 8, 9 | `up_blocks.1.attentions.0/1/2` | `[N, 256, 1280]` |
+//! | 10, 11, 12 | `up_blocks.2.attentions.0/1/2` | `[N, 1024, 640]` |
+//! | 13, 14, 15 | `up_blocks.3.attentions.0/1/2` | `[N, 4096, 320]` |
 //!
 //! EchoMimic pairs writer and reader blocks by walking both nets in the same
 //! (channel-sorted) order, which pairs each block with the block of the same
@@ -232,7 +232,7 @@ impl UNet2DConditionModel {
         }
     }
 
-    /// Time embedding `[N, 4 * C0]` of `timestep` (0-dim, [1] or [N]),
+    /// Time embedding `[N, 4 * C0]` of `timestep` (0-dim, `[1]` or `[N]`),
     /// in `kind`.
     pub fn time_embed(&self, timestep: &Tensor, n: i64, kind: Kind) -> Result<Tensor> {
         let t = match timestep.size().as_slice() {
@@ -244,11 +244,11 @@ impl UNet2DConditionModel {
         Ok(self.time_embedding.forward(&t_emb))
     }
 
-    /// `sample` [N, in_channels, H, W]; `timestep` 0-dim, [1] or [N];
-    /// `context` [N, S, cross_attention_dim] when the net has
+    /// `sample` `[N, in_channels, H, W]`; `timestep` 0-dim, `[1]` or `[N]`;
+    /// `context` `[N, S, cross_attention_dim]` when the net has
     /// cross-attention (must be `None` otherwise). Returns the predicted
-    /// [N, out_channels, H, W] with the output head, else the last up block's
-    /// output [N, C0, H, W]. `refattn` selects reference write/read.
+    /// `[N, out_channels, H, W]` with the output head, else the last up block's
+    /// output `[N, C0, H, W]`. `refattn` selects reference write/read.
     pub fn forward(
         &self,
         sample: &Tensor,

@@ -242,7 +242,7 @@ impl Decoder {
 #[derive(Debug)]
 pub struct DiagonalGaussian {
     pub mean: Tensor,
-    /// Log-variance, clamped to [-30, 20] as diffusers does.
+    /// Log-variance, clamped to `[-30, 20]` as diffusers does.
     pub logvar: Tensor,
 }
 
@@ -285,7 +285,7 @@ impl AutoencoderKL {
         }
     }
 
-    /// The posterior of `image` [N, C_in, H, W] (H, W multiples of
+    /// The posterior of `image` `[N, C_in, H, W]` (H, W multiples of
     /// [`VaeConfig::downscale`]).
     pub fn encode_dist(&self, image: &Tensor) -> Result<DiagonalGaussian> {
         let f = self.cfg.downscale();
@@ -311,7 +311,7 @@ impl AutoencoderKL {
         Ok(self.encode_dist(image)?.mean)
     }
 
-    /// `latent` [N, latent_channels, h, w] -> image [N, C_out, h*f, w*f].
+    /// `latent` `[N, latent_channels, h, w]` -> image `[N, C_out, h*f, w*f]`.
     pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
         check_shape("VAE latent", latent, &[None, Some(self.cfg.latent_channels), None, None])?;
         let _guard = tch::no_grad_guard();

@@ -96,14 +96,14 @@ impl Attention {
         self.to_k.ws.size()[1]
     }
 
-    /// Token form: `x` [N, L, C]; keys/values from `context` [N, S, D]
-    /// (cross-attention) or from `x` (self-attention). Returns [N, L, C].
+    /// Token form: `x` `[N, L, C]`; keys/values from `context` `[N, S, D]`
+    /// (cross-attention) or from `x` (self-attention). Returns `[N, L, C]`.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
         let ctx = context.unwrap_or(x);
         self.attend(&self.to_q.forward(x), &self.to_k.forward(ctx), &self.to_v.forward(ctx))
     }
 
-    /// Multi-head SDPA on projected `q` [N, L, inner], `k`, `v` [N, S, inner],
+    /// Multi-head SDPA on projected `q` `[N, L, inner]`, `k`, `v` `[N, S, inner]`,
     /// then `to_out.0`. Exposed so callers can build keys/values themselves
     /// (reference attention projects the bank once per sample).
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
@@ -125,7 +125,7 @@ impl Attention {
         self.to_out.forward(&out.transpose(1, 2).reshape([s[0], s[1], s[2]]))
     }
 
-    /// Spatial form (the VAE mid block): `x` [N, C, H, W] attends over its
+    /// Spatial form (the VAE mid block): `x` `[N, C, H, W]` attends over its
     /// H*W positions; `group_norm`, residual and rescale as configured.
     pub fn forward_spatial(&self, x: &Tensor) -> Tensor {
         let s = x.size();
@@ -219,7 +219,7 @@ impl BasicTransformerBlock {
         }
     }
 
-    /// `x` [N, L, C]; `context` [N, S, D] for `attn2` (`None` makes `attn2`
+    /// `x` `[N, L, C]`; `context` `[N, S, D]` for `attn2` (`None` makes `attn2`
     /// attend to `norm2(x)` itself, as diffusers does; that needs D = C).
     pub fn forward(
         &self,

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor, nn::Module, nn::Path};
 use super::linear;
 
 /// diffusers `get_timestep_embedding` with `scale = 1`, `max_period = 10000`:
-/// `t` [N] -> [N, dim] in f32. Frequencies are
+/// `t` `[N]` -> `[N, dim]` in f32. Frequencies are
 /// `exp(-ln(10000) * i / (dim/2 - freq_shift))`; the output is
 /// `[sin, cos]`, or `[cos, sin]` with `flip_sin_to_cos`.
 pub fn timestep_embedding(t: &Tensor, dim: i64, flip_sin_to_cos: bool, freq_shift: f64) -> Tensor {

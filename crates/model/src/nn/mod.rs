@@ -118,7 +118,7 @@ pub fn check_shape(what: &str, t: &Tensor, dims: &[Option<i64>]) -> Result<()> {
     }
 }
 
-/// `k x k` Conv2d with bias (`weight` [out, in, k, k], `bias` [out]).
+/// `k x k` Conv2d with bias (`weight` `[out, in, k, k]`, `bias` `[out]`).
 pub fn conv2d<'p>(
     vs: impl Borrow<Path<'p>>,
     c_in: i64,
@@ -137,7 +137,7 @@ pub fn conv2d<'p>(
     nn::conv2d(vs, c_in, c_out, k, cfg)
 }
 
-/// Linear layer (`weight` [out, in], optional `bias` [out]).
+/// Linear layer (`weight` `[out, in]`, optional `bias` `[out]`).
 pub fn linear<'p>(vs: impl Borrow<Path<'p>>, c_in: i64, c_out: i64, bias: bool) -> nn::Linear {
     let cfg = nn::LinearConfig {
         ws_init: Init::Const(0.),
@@ -147,7 +147,7 @@ pub fn linear<'p>(vs: impl Borrow<Path<'p>>, c_in: i64, c_out: i64, bias: bool) 
     nn::linear(vs, c_in, c_out, cfg)
 }
 
-/// Affine GroupNorm (`weight`, `bias` [channels]).
+/// Affine GroupNorm (`weight`, `bias` `[channels]`).
 pub fn group_norm<'p>(
     vs: impl Borrow<Path<'p>>,
     groups: i64,
@@ -158,7 +158,7 @@ pub fn group_norm<'p>(
     nn::group_norm(vs, groups, channels, cfg)
 }
 
-/// Affine LayerNorm over the last dimension (`weight`, `bias` [channels]).
+/// Affine LayerNorm over the last dimension (`weight`, `bias` `[channels]`).
 pub fn layer_norm<'p>(vs: impl Borrow<Path<'p>>, channels: i64, eps: f64) -> nn::LayerNorm {
     let cfg = nn::LayerNormConfig { eps, ..Default::default() };
     nn::layer_norm(vs, vec![channels], cfg)

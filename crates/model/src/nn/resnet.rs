@@ -65,7 +65,7 @@ impl ResnetBlock2D {
         }
     }
 
-    /// `x` [N, C_in, H, W]; `temb` [B, T] with `N % B == 0` (rows are
+    /// `x` `[N, C_in, H, W]`; `temb` `[B, T]` with `N % B == 0` (rows are
     /// sample-major, so a per-sample embedding is repeated over the frames
     /// folded into the batch), ignored when the block has no
     /// `time_emb_proj`.

@@ -66,7 +66,7 @@ impl Transformer2DModel {
         }
     }
 
-    /// `x` [N, C, H, W]; `context` [N, S, D] for cross-attention.
+    /// `x` `[N, C, H, W]`; `context` `[N, S, D]` for cross-attention.
     pub fn forward(
         &self,
         x: &Tensor,
