@@ -76,6 +76,32 @@ fn legacy_attention_keys_load() {
     assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
     assert_eq!(report.loaded, vs.variables().len());
     check_outputs(&model, &io, "legacy");
+
+    // Attention projections stored as 1x1 convolutions ([o, i, 1, 1]) load too.
+    let conv_shaped: Vec<(String, Tensor)> = common::read(&fx.weights)
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if k.contains(".attentions.") && v.dim() == 2 {
+                v.unsqueeze(-1).unsqueeze(-1)
+            } else {
+                v
+            };
+            (k, v)
+        })
+        .collect();
+    let path = common::parity_dir().join("vae_legacy_conv_shaped.safetensors");
+    Tensor::write_safetensors(&conv_shaped, &path).unwrap();
+    let (mut vs, model) = build();
+    vae::load(&mut vs, &path).unwrap();
+    check_outputs(&model, &io, "legacy conv-shaped");
+    // A real shape mismatch is an error.
+    let wrong: Vec<(String, Tensor)> = conv_shaped
+        .into_iter()
+        .map(|(k, v)| if k.ends_with("conv_in.bias") { (k, v.narrow(0, 0, 1)) } else { (k, v) })
+        .collect();
+    Tensor::write_safetensors(&wrong, &path).unwrap();
+    let (mut vs, _) = build();
+    assert!(vae::load(&mut vs, &path).is_err());
 }
 
 #[test]

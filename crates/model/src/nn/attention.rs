@@ -301,8 +301,11 @@ impl BasicTransformerBlock {
                 }
             };
             let r = |t: &Tensor| t.narrow(0, plain, nr);
-            let kb = rep(a.to_k.forward(entry));
-            let vb = rep(a.to_v.forward(entry));
+            // A bank written in another precision or on another device is
+            // cast like EchoMimic's `update(..., dtype)` does (no-op if same).
+            let entry = entry.to_device(normed.device()).to_kind(normed.kind());
+            let kb = rep(a.to_k.forward(&entry));
+            let vb = rep(a.to_v.forward(&entry));
             let k = Tensor::cat(&[r(&k), kb], 1);
             let v = Tensor::cat(&[r(&v), vb], 1);
             parts.push(a.attend(&r(&q), &k, &v));
