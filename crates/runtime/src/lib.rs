@@ -23,6 +23,10 @@ pub mod telemetry;
 pub use error::ServiceError;
 pub use shutdown::Shutdown;
 
+/// Test support: a private redis-server, ...
+#[cfg(feature = "testing")]
+pub mod testkit;
+
 /// A tiny streaming service used by the scaffold's own tests (drain, tracing).
 #[cfg(any(test, feature = "testing"))]
 #[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]

@@ -4,6 +4,8 @@
 //! drain); the stage's RPCs are not served yet, so callers get UNIMPLEMENTED
 //! from tonic until the stage lands.
 
+pub mod context;
+
 use osa_runtime::{
     Shutdown,
     serve::ServiceSet,
