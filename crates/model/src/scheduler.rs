@@ -29,11 +29,7 @@ pub enum SchedulerError {
     #[error("step index {index} outside a schedule of {len} steps")]
     StepIndex { index: usize, len: usize },
     #[error("{what}: shape {got:?} does not match {want:?}")]
-    Shape {
-        what: &'static str,
-        got: Vec<i64>,
-        want: Vec<i64>,
-    },
+    Shape { what: &'static str, got: Vec<i64>, want: Vec<i64> },
     #[error("invalid scheduler config: {0}")]
     Config(&'static str),
     #[error(transparent)]
@@ -123,15 +119,11 @@ impl NoiseSchedule {
     pub fn new(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
         let n = config.num_train_timesteps;
         if n < 2 {
-            return Err(SchedulerError::Config(
-                "num_train_timesteps must be at least 2",
-            ));
+            return Err(SchedulerError::Config("num_train_timesteps must be at least 2"));
         }
         if config.rescale_betas_zero_snr && config.prediction_type == PredictionType::Epsilon {
             // Zero terminal SNR makes ā_T = 0, where ε-prediction divides by 0.
-            return Err(SchedulerError::Config(
-                "zero-SNR rescaling needs v- or x0-prediction",
-            ));
+            return Err(SchedulerError::Config("zero-SNR rescaling needs v- or x0-prediction"));
         }
         let _guard = tch::no_grad_guard();
         let opts = (Kind::Float, Device::Cpu);
@@ -151,17 +143,8 @@ impl NoiseSchedule {
         let alphas_cumprod = (1.0f64 - &betas).cumprod(0, Kind::Float);
         let betas = Vec::<f32>::try_from(&betas)?;
         let alphas_cumprod = Vec::<f32>::try_from(&alphas_cumprod)?;
-        let final_alpha_cumprod = if config.set_alpha_to_one {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
-        Ok(Self {
-            config: config.clone(),
-            betas,
-            alphas_cumprod,
-            final_alpha_cumprod,
-        })
+        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        Ok(Self { config: config.clone(), betas, alphas_cumprod, final_alpha_cumprod })
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -185,10 +168,7 @@ impl NoiseSchedule {
         self.alphas_cumprod
             .get(t as usize)
             .copied()
-            .ok_or(SchedulerError::Timestep {
-                t,
-                n: self.alphas_cumprod.len(),
-            })
+            .ok_or(SchedulerError::Timestep { t, n: self.alphas_cumprod.len() })
     }
 
     /// x_t = sqrt(ā_t)·x0 + sqrt(1−ā_t)·noise (diffusers `add_noise`).
@@ -217,18 +197,15 @@ impl NoiseSchedule {
         let a = self.alpha_cumprod(t)?;
         let (sa, sb) = (sqrt32(a), sqrt32(1.0 - a));
         Ok(match self.config.prediction_type {
-            PredictionType::Epsilon => (
-                (sample - model_output * sb) / sa,
-                model_output.shallow_clone(),
-            ),
-            PredictionType::Sample => (
-                model_output.shallow_clone(),
-                (sample - model_output * sa) / sb,
-            ),
-            PredictionType::VPrediction => (
-                sample * sa - model_output * sb,
-                model_output * sa + sample * sb,
-            ),
+            PredictionType::Epsilon => {
+                ((sample - model_output * sb) / sa, model_output.shallow_clone())
+            }
+            PredictionType::Sample => {
+                (model_output.shallow_clone(), (sample - model_output * sa) / sb)
+            }
+            PredictionType::VPrediction => {
+                (sample * sa - model_output * sb, model_output * sa + sample * sb)
+            }
         })
     }
 }
@@ -262,20 +239,12 @@ fn same_shape(what: &'static str, got: &Tensor, want: &Tensor) -> Result<(), Sch
     if got.size() == want.size() {
         Ok(())
     } else {
-        Err(SchedulerError::Shape {
-            what,
-            got: got.size(),
-            want: want.size(),
-        })
+        Err(SchedulerError::Shape { what, got: got.size(), want: want.size() })
     }
 }
 
 fn check_steps(steps: usize, max: usize) -> Result<(), SchedulerError> {
-    if steps == 0 || steps > max {
-        Err(SchedulerError::Steps { got: steps, max })
-    } else {
-        Ok(())
-    }
+    if steps == 0 || steps > max { Err(SchedulerError::Steps { got: steps, max }) } else { Ok(()) }
 }
 
 /// Classifier-free guidance: uncond + scale·(cond − uncond). EchoMimic uses
@@ -327,10 +296,7 @@ impl Ddim {
         let schedule = NoiseSchedule::new(config)?;
         check_steps(num_inference_steps, config.num_train_timesteps)?;
         let timesteps = ddim_timesteps(config, num_inference_steps);
-        Ok(Self {
-            schedule,
-            timesteps,
-        })
+        Ok(Self { schedule, timesteps })
     }
 
     pub fn schedule(&self) -> &NoiseSchedule {
@@ -359,10 +325,7 @@ impl Ddim {
         let (x0, eps) = self.schedule.split_prediction(model_output, sample, t)?;
         let a_prev = self.schedule.alpha_cumprod(self.prev_timestep(t))?;
         let prev_sample = &x0 * sqrt32(a_prev) + eps * sqrt32(1.0 - a_prev);
-        Ok(DdimStep {
-            prev_sample,
-            pred_original_sample: x0,
-        })
+        Ok(DdimStep { prev_sample, pred_original_sample: x0 })
     }
 }
 
@@ -387,19 +350,14 @@ fn ddim_timesteps(config: &SchedulerConfig, steps: usize) -> Vec<i64> {
         }
         TimestepSpacing::Leading => {
             let ratio = (n / steps) as i64;
-            (0..steps as i64)
-                .rev()
-                .map(|i| i * ratio + config.steps_offset)
-                .collect()
+            (0..steps as i64).rev().map(|i| i * ratio + config.steps_offset).collect()
         }
         TimestepSpacing::Trailing => {
             // np.round(np.arange(n, 0, -n/steps)) - 1, numpy's arange length
             // and round-half-to-even included.
             let delta = -(n as f64 / steps as f64);
             let len = ((0.0 - n as f64) / delta).ceil() as usize;
-            (0..len)
-                .map(|i| (n as f64 + i as f64 * delta).round_ties_even() as i64 - 1)
-                .collect()
+            (0..len).map(|i| (n as f64 + i as f64 * delta).round_ties_even() as i64 - 1).collect()
         }
     }
 }
@@ -426,6 +384,19 @@ impl Lcm {
         config: &SchedulerConfig,
         num_inference_steps: usize,
     ) -> Result<Self, SchedulerError> {
+        Self::with_start(config, num_inference_steps, config.num_train_timesteps as i64 - 1)
+    }
+
+    /// Like [`Lcm::new`] but starting from a partly noised sample at
+    /// `start` (img2img; diffusers' `strength` = (start + 1) / 1000): the
+    /// distillation schedule is cut to its timesteps at or below `start`
+    /// before the steps are spread over it. `start = 999` is [`Lcm::new`];
+    /// one step from 759 is [759], four are [759, 579, 379, 199].
+    pub fn with_start(
+        config: &SchedulerConfig,
+        num_inference_steps: usize,
+        start: i64,
+    ) -> Result<Self, SchedulerError> {
         let schedule = NoiseSchedule::new(config)?;
         let original = config.original_inference_steps;
         if original == 0 || original > config.num_train_timesteps {
@@ -433,20 +404,20 @@ impl Lcm {
                 "original_inference_steps must be in 1..=num_train_timesteps",
             ));
         }
-        check_steps(num_inference_steps, original)?;
+        if start < 0 || start >= config.num_train_timesteps as i64 {
+            return Err(SchedulerError::Timestep { t: start, n: config.num_train_timesteps });
+        }
         // The distillation schedule k-1, 2k-1, ..., n-1 (k = n / original),
-        // sampled at evenly spaced indices from its top (diffusers
-        // set_timesteps with strength 1).
+        // cut at `start`, sampled at evenly spaced indices from its top
+        // (diffusers set_timesteps).
         let k = (config.num_train_timesteps / original) as i64;
-        let origin: Vec<i64> = (1..=original as i64).rev().map(|i| i * k - 1).collect();
+        let count = ((start + 1) / k).min(original as i64);
+        check_steps(num_inference_steps, count.max(0) as usize)?;
+        let origin: Vec<i64> = (1..=count).rev().map(|i| i * k - 1).collect();
         let step = origin.len() as f64 / num_inference_steps as f64;
-        let timesteps = (0..num_inference_steps)
-            .map(|i| origin[(i as f64 * step).floor() as usize])
-            .collect();
-        Ok(Self {
-            schedule,
-            timesteps,
-        })
+        let timesteps =
+            (0..num_inference_steps).map(|i| origin[(i as f64 * step).floor() as usize]).collect();
+        Ok(Self { schedule, timesteps })
     }
 
     pub fn schedule(&self) -> &NoiseSchedule {
@@ -495,10 +466,7 @@ impl Lcm {
             Some(&t_next) => self.schedule.add_noise(&denoised, noise, t_next)?,
             None => denoised.shallow_clone(),
         };
-        Ok(LcmStep {
-            prev_sample,
-            denoised,
-        })
+        Ok(LcmStep { prev_sample, denoised })
     }
 
     /// Step `index`, drawing the re-noising noise from `rng` only when another
@@ -522,10 +490,7 @@ impl Lcm {
         self.timesteps
             .get(index)
             .copied()
-            .ok_or(SchedulerError::StepIndex {
-                index,
-                len: self.timesteps.len(),
-            })
+            .ok_or(SchedulerError::StepIndex { index, len: self.timesteps.len() })
     }
 }
 
@@ -548,10 +513,7 @@ impl NoiseGenerator {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        Self {
-            s: [next(), next(), next(), next()],
-            spare: None,
-        }
+        Self { s: [next(), next(), next(), next()], spare: None }
     }
 
     /// A generator for sub-stream `stream` of `seed` (e.g. one per clip), so
@@ -593,10 +555,7 @@ impl NoiseGenerator {
     pub fn randn(&mut self, shape: &[i64], kind: Kind, device: Device) -> Tensor {
         let numel: i64 = shape.iter().product();
         let values: Vec<f32> = (0..numel.max(0)).map(|_| self.normal() as f32).collect();
-        Tensor::from_slice(&values)
-            .view(shape)
-            .to_device(device)
-            .to_kind(kind)
+        Tensor::from_slice(&values).view(shape).to_device(device).to_kind(kind)
     }
 
     pub fn randn_like(&mut self, like: &Tensor) -> Tensor {
@@ -617,10 +576,7 @@ mod tests {
         assert!(!a.equal(&c));
         let mean = a.mean(Kind::Double).double_value(&[]);
         let std = a.std(true).double_value(&[]);
-        assert!(
-            mean.abs() < 0.05 && (std - 1.0).abs() < 0.05,
-            "mean {mean} std {std}"
-        );
+        assert!(mean.abs() < 0.05 && (std - 1.0).abs() < 0.05, "mean {mean} std {std}");
         let s1 = NoiseGenerator::for_stream(7, 1).randn(&[16], Kind::Float, Device::Cpu);
         let s2 = NoiseGenerator::for_stream(7, 2).randn(&[16], Kind::Float, Device::Cpu);
         assert!(!s1.equal(&s2));
@@ -637,11 +593,21 @@ mod tests {
         assert!(ddim.step(&x, 999, &y).is_err());
         assert!(ddim.step(&x, 1000, &x).is_err());
         assert!(guide_batched(&Tensor::zeros([3, 2], (Kind::Float, Device::Cpu)), 2.5).is_err());
-        let eps = SchedulerConfig {
-            prediction_type: PredictionType::Epsilon,
-            ..cfg
-        };
+        let eps = SchedulerConfig { prediction_type: PredictionType::Epsilon, ..cfg };
         assert!(NoiseSchedule::new(&eps).is_err());
+    }
+
+    #[test]
+    fn lcm_with_start_cuts_the_schedule() {
+        let cfg = SchedulerConfig::default();
+        assert_eq!(Lcm::with_start(&cfg, 1, 759).unwrap().timesteps(), [759]);
+        assert_eq!(Lcm::with_start(&cfg, 4, 759).unwrap().timesteps(), [759, 579, 379, 199]);
+        assert_eq!(
+            Lcm::with_start(&cfg, 4, 999).unwrap().timesteps(),
+            Lcm::new(&cfg, 4).unwrap().timesteps()
+        );
+        assert!(Lcm::with_start(&cfg, 2, 20).is_err());
+        assert!(Lcm::with_start(&cfg, 1, 1000).is_err());
     }
 
     #[test]
