@@ -47,7 +47,9 @@ pub struct UNet3DConfig {
     pub freq_shift: f64,
     pub downsample_padding: i64,
     pub mid_block_scale_factor: f64,
-    /// Motion modules: `None` = the stage-1 model without them.
+    /// Motion modules: `None` = the stage-1 model without them (its keys
+    /// match; note that upstream then normalises over all frames together,
+    /// while this model always normalises per frame, as the full model does).
     pub motion: Option<MotionConfig>,
 }
 
@@ -337,9 +339,10 @@ impl UNet3DConditionModel {
         };
         let temb = self.time_embedding.forward(&self.time_proj.forward(&t).to_kind(dtype));
 
+        // Conditioning inputs follow the latents' kind (no-op when equal).
         let audio = match input.audio {
-            Some(a) if a.dim() == 4 => Some(a.flatten(0, 1)),
-            Some(a) => Some(a.shallow_clone()),
+            Some(a) if a.dim() == 4 => Some(a.flatten(0, 1).to_kind(dtype)),
+            Some(a) => Some(a.to_kind(dtype)),
             None => None,
         };
         let audio = match audio {
@@ -359,7 +362,8 @@ impl UNet3DConditionModel {
         let mut x = self.conv_in.forward(sample);
         if let Some(face) = input.face {
             let c0 = x.size()[1];
-            x = (x.view([b, frames, c0, h, w]) + face.unsqueeze(1)).view([n, c0, h, w]);
+            let face = face.to_kind(dtype).unsqueeze(1);
+            x = (x.view([b, frames, c0, h, w]) + face).view([n, c0, h, w]);
         }
 
         let mut skips = vec![x.shallow_clone()];
