@@ -117,3 +117,52 @@ fn bad_input_is_an_error() {
     };
     assert!(s.next_clip(&RollingState::new(1, 1), None, bad).is_err());
 }
+
+#[test]
+fn drives_the_denoising_unet_one_call_per_clip() {
+    use osa_model::unet3d::{UNet3DConditionModel, UNet3DConfig, UNet3DInput};
+    // Tiny UNet with seeded random weights as the denoiser, each clip under
+    // its own audio; 8x8 latents, 3 frames.
+    tch::manual_seed(11);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let cfg = UNet3DConfig::tiny();
+    let unet = UNet3DConditionModel::new(vs.root(), &cfg);
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            let r = v.randn_like() * 0.05;
+            v.copy_(&r);
+        }
+    });
+    let s = RollingSampler::new(&RollingConfig {
+        frames: 3,
+        height: 8,
+        width: 8,
+        ..RollingConfig::default()
+    })
+    .unwrap();
+    let mut state = RollingState::new(9, 1);
+    let mut calls = 0;
+    for clip in 0..3 {
+        let audio = Tensor::randn([1, 3, 5, cfg.cross_attention_dim], (Kind::Float, Device::Cpu));
+        let out = s
+            .next_clip(&state, None, |x, t| {
+                calls += 1;
+                let t = Tensor::from(t as f32);
+                let input = UNet3DInput {
+                    sample: x,
+                    frames: 3,
+                    timestep: &t,
+                    audio: Some(&audio),
+                    face: None,
+                    reference: None,
+                    plain_samples: 0,
+                };
+                unet.forward(&input)
+            })
+            .unwrap();
+        assert_eq!(out.latents.size(), [3, 4, 8, 8]);
+        assert_eq!(calls, clip + 1);
+        state = out.next;
+    }
+    assert_eq!(state.clip_index, 3);
+}
