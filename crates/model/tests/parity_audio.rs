@@ -108,7 +108,8 @@ fn encoder_rejects_bad_shapes() {
 fn frame_windows_match_feature2chunks() {
     let (_, io) = fixture();
     let hidden = &io["win_hidden"];
-    for fps in [24u32, 25, 30] {
+    let fps_list = [24u32, 25, 30, 60];
+    for fps in fps_list {
         let expected = &io[&format!("win_chunks_{fps}")];
         let n = chunk_count(hidden.size()[0] as usize, fps).unwrap();
         assert_eq!(n as i64, expected.size()[0], "chunk count at {fps} fps");
@@ -116,6 +117,12 @@ fn frame_windows_match_feature2chunks() {
         assert_eq!(ours.size(), expected.size());
         // A pure gather: bit-exact.
         assert!(ours.equal(expected), "windows at {fps} fps differ");
+    }
+    let counts = Vec::<Vec<i64>>::try_from(&io["win_counts"]).unwrap();
+    for (fps, row) in fps_list.into_iter().zip(counts) {
+        for (t, &expected) in (1..).zip(&row) {
+            assert_eq!(chunk_count(t, fps).unwrap() as i64, expected, "{t} positions at {fps} fps");
+        }
     }
 }
 

@@ -10,7 +10,8 @@ One fixture (one python start) holds every case, under prefixes:
   enc_*      AudioEncoder at a tiny config with random weights (saved as
              encoder.*): the 5 hidden states EchoMimic keeps (hooks) and the
              ln_post output
-  win_*      feature2chunks on random features at 24, 25 and 30 fps
+  win_*      feature2chunks on random features at 24, 25, 30 and 60 fps,
+             and its window counts for 1 .. 3000 positions
   pipe_*     the whole EchoMimic path on the speech (mel -> 30 s-style
              pieces -> kept positions -> windows at 25 fps), same encoder
 """
@@ -30,6 +31,7 @@ import common  # noqa: E402
 
 # Must equal WhisperEncoderConfig::tiny() in src/audio/whisper.rs.
 TINY = dict(n_mels=80, n_ctx=20, n_state=32, n_head=4, n_layer=4)
+WIN_FPS = (24, 25, 30, 60)
 SENTENCE = "Hello! This portrait was animated in one step, streaming clip by clip."
 
 
@@ -103,6 +105,17 @@ def feature2chunks(features: np.ndarray, fps: int) -> np.ndarray:
     return np.array(chunks)
 
 
+def chunk_count(length: int, fps: int) -> int:
+    """How many windows feature2chunks yields for `length` positions."""
+    multiplier = 50.0 / fps
+    i = 0
+    while True:
+        start_idx = int(i * multiplier)
+        i += 1
+        if start_idx > length:
+            return i
+
+
 def main():
     args = common.parse_args()
     common.seed_all(0)
@@ -124,8 +137,10 @@ def main():
     g = torch.Generator().manual_seed(2)
     features = torch.randn(37, 5, 8, generator=g)
     io["win_hidden"] = features
-    for fps in (24, 25, 30):
+    for fps in WIN_FPS:
         io[f"win_chunks_{fps}"] = torch.from_numpy(feature2chunks(features.numpy(), fps))
+    # Window counts for T = 1 .. 3000 positions (one minute) at each fps.
+    io["win_counts"] = torch.tensor([[chunk_count(t, fps) for t in range(1, 3001)] for fps in WIN_FPS])
 
     features = audio2feat(enc, mel)
     io.update(pipe_features=features, pipe_chunks=torch.from_numpy(feature2chunks(features.numpy(), 25)))
