@@ -29,10 +29,7 @@ fn schedule_constants_match_diffusers_and_config_md() {
     common::assert_close("lcm alphas_cumprod", &ac, &io["lcm_alphas_cumprod"], TOL);
     common::assert_close("betas", &Tensor::from_slice(s.betas()), &io["betas"], TOL);
     // Bit-exact: same libtorch ops in the same order.
-    assert_eq!(
-        Vec::<f32>::try_from(&io["alphas_cumprod"]).unwrap(),
-        s.alphas_cumprod()
-    );
+    assert_eq!(Vec::<f32>::try_from(&io["alphas_cumprod"]).unwrap(), s.alphas_cumprod());
     // The numbers config.md section 4 quotes.
     let a = s.alphas_cumprod();
     assert!((a[0] - 0.99915).abs() < 1e-5 && (a[500] - 0.141513).abs() < 1e-6);
@@ -46,11 +43,7 @@ fn timesteps_match() {
     let cfg = SchedulerConfig::default();
     for steps in [30, 20, 4, 1] {
         let d = Ddim::new(&cfg, steps).unwrap();
-        assert_eq!(
-            d.timesteps(),
-            ints(&io[&format!("ddim_timesteps_{steps}")]),
-            "ddim {steps}"
-        );
+        assert_eq!(d.timesteps(), ints(&io[&format!("ddim_timesteps_{steps}")]), "ddim {steps}");
     }
     let ddim30 = Ddim::new(&cfg, 30).unwrap();
     let from_config_md = [
@@ -60,11 +53,7 @@ fn timesteps_match() {
     assert_eq!(ddim30.timesteps(), from_config_md);
     for steps in [1, 2, 4, 8] {
         let l = Lcm::new(&cfg, steps).unwrap();
-        assert_eq!(
-            l.timesteps(),
-            ints(&io[&format!("lcm_timesteps_{steps}")]),
-            "lcm {steps}"
-        );
+        assert_eq!(l.timesteps(), ints(&io[&format!("lcm_timesteps_{steps}")]), "lcm {steps}");
     }
 }
 
@@ -106,12 +95,7 @@ fn ddim_step_and_guidance_match() {
             TOL,
         );
         let v = s.velocity(&io["x0"], &io["noise"], t).unwrap();
-        common::assert_close(
-            &format!("velocity t={t}"),
-            &v,
-            &io[&format!("velocity_t{t}")],
-            TOL,
-        );
+        common::assert_close(&format!("velocity t={t}"), &v, &io[&format!("velocity_t{t}")], TOL);
     }
 }
 
@@ -122,9 +106,7 @@ fn lcm_steps_match() {
         let lcm = Lcm::new(&SchedulerConfig::default(), steps).unwrap();
         for i in 0..steps {
             let noise = &io[&format!("lcm_{steps}_{i}_noise")];
-            let out = lcm
-                .step_with_noise(i, &io["model_output"], &io["sample"], noise)
-                .unwrap();
+            let out = lcm.step_with_noise(i, &io["model_output"], &io["sample"], noise).unwrap();
             let key = format!("lcm_{steps}_{i}");
             common::assert_close(
                 &format!("{key} denoised"),
@@ -140,8 +122,7 @@ fn lcm_steps_match() {
             );
         }
         assert!(
-            lcm.step_with_noise(steps, &io["model_output"], &io["sample"], &io["noise"])
-                .is_err()
+            lcm.step_with_noise(steps, &io["model_output"], &io["sample"], &io["noise"]).is_err()
         );
     }
 }
