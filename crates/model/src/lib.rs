@@ -17,6 +17,8 @@
 //! - [`face`]: MTCNN face detection and EchoMimic's crop and face mask.
 //! - [`scheduler`], [`rolling`]: v-prediction zero-SNR DDIM (teacher), LCM
 //!   consistency sampling (student), EFT rolling state.
+//! - [`preset`], [`weights`], [`pipeline`]: consistent configs per size,
+//!   the weights directory, and the whole inference path on one thread.
 
 pub mod audio;
 pub mod device;
@@ -24,8 +26,11 @@ pub mod face;
 pub mod face_locator;
 pub mod motion;
 pub mod nn;
+pub mod pipeline;
+pub mod preset;
 pub mod rolling;
 pub mod scheduler;
 pub mod unet2d;
 pub mod unet3d;
 pub mod vae;
+pub mod weights;

@@ -1,0 +1,254 @@
+//! The whole OSA-LCM inference path on one thread: reference preparation
+//! (face detection, crop and mask, VAE encode, reference-UNet bank, face
+//! locator), audio features, one-step rolling generation per clip, and VAE
+//! decoding. Services split these steps across stages; the embedded mode
+//! runs them here in one process.
+
+use std::path::Path;
+
+use image::RgbImage;
+use tch::{Device, Kind, Tensor};
+
+use crate::{
+    audio::{AudioError, features::AudioFeatureExtractor},
+    device::Placement,
+    face::{
+        Face, FaceError,
+        crop::{PreparedReference, prepare_from_detections},
+        mtcnn::Mtcnn,
+    },
+    face_locator::FaceLocator,
+    preset::Preset,
+    rolling::{Clip, RollingConfig, RollingError, RollingSampler, RollingState},
+    scheduler::SchedulerConfig,
+    unet2d::UNet2DConditionModel,
+    unet3d::{UNet3DConditionModel, UNet3DInput},
+    vae::AutoencoderKL,
+    weights::{Components, FACE_DETECTOR_FILE, WeightsError},
+};
+
+/// Why a pipeline step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Network(#[from] crate::nn::Error),
+    #[error("audio: {0}")]
+    Audio(#[from] AudioError),
+    #[error("face: {0}")]
+    Face(#[from] FaceError),
+    #[error(transparent)]
+    Rolling(#[from] RollingError),
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// A prepared avatar: everything per-avatar the generator reuses for every
+/// clip of every stream.
+#[derive(Debug)]
+pub struct Avatar {
+    /// All faces found, largest first.
+    pub faces: Vec<Face>,
+    /// The face/crop/mask the model sees.
+    pub reference: PreparedReference,
+    /// Scaled reference latent [1, 4, h, w].
+    pub latent: Tensor,
+    /// Reference-UNet bank: one [1, HW, C] entry per spatial transformer.
+    pub bank: Vec<Tensor>,
+    /// Face-locator features [1, C0, h, w].
+    pub face_features: Tensor,
+}
+
+/// The models of one preset, on one device.
+#[derive(Debug)]
+pub struct Pipeline {
+    preset: Preset,
+    placement: Placement,
+    vae: AutoencoderKL,
+    reference_unet: UNet2DConditionModel,
+    denoiser: UNet3DConditionModel,
+    face_locator: FaceLocator,
+    audio: AudioFeatureExtractor,
+    detector: Option<Mtcnn>,
+    sampler: RollingSampler,
+    /// Keeps the variables' owners alive with the modules.
+    _stores: Vec<tch::nn::VarStore>,
+}
+
+impl Pipeline {
+    /// Seeded random weights for `preset` (tests, the embedded default
+    /// without `--weights`): the pipeline runs for real, but no real face
+    /// comes out. `face_detector` is an MTCNN weights file (real weights).
+    pub fn random(
+        preset: Preset,
+        seed: u64,
+        placement: Placement,
+        face_detector: Option<&Path>,
+    ) -> Result<Self, PipelineError> {
+        let mut components = Components::build(&preset, placement.device);
+        components.randomize(seed);
+        Self::assemble(preset, placement, components, face_detector)
+    }
+
+    /// Loads a weights directory (see [`crate::weights`]).
+    pub fn load(dir: &Path, placement: Placement) -> Result<Self, PipelineError> {
+        let manifest = crate::weights::read_manifest(dir)?;
+        let preset = Preset::by_name(&manifest.preset)
+            .ok_or_else(|| PipelineError::Input(format!("unknown preset {:?}", manifest.preset)))?;
+        let mut components = Components::build(&preset, placement.device);
+        components.load(dir)?;
+        let detector = dir.join(FACE_DETECTOR_FILE);
+        let detector = detector.is_file().then_some(detector);
+        Self::assemble(preset, placement, components, detector.as_deref())
+    }
+
+    fn assemble(
+        preset: Preset,
+        placement: Placement,
+        mut components: Components,
+        face_detector: Option<&Path>,
+    ) -> Result<Self, PipelineError> {
+        if placement.kind != Kind::Float {
+            for (_, vs) in components.stores_mut() {
+                vs.set_kind(placement.kind);
+            }
+        }
+        let detector = face_detector.map(|p| Mtcnn::load(p, placement.device)).transpose()?;
+        let (h, w) = preset.latent_size();
+        let sampler = RollingSampler::new(&RollingConfig {
+            frames: preset.frames,
+            latent_channels: preset.denoising_unet.in_channels,
+            height: h,
+            width: w,
+            scheduler: SchedulerConfig::default(),
+            device: placement.device,
+            kind: placement.kind,
+            ..RollingConfig::default()
+        })?;
+        let Components { vae, reference_unet, denoising_unet, face_locator, audio_encoder } =
+            components;
+        Ok(Self {
+            preset,
+            placement,
+            vae: vae.1,
+            reference_unet: reference_unet.1,
+            denoiser: denoising_unet.1,
+            face_locator: face_locator.1,
+            audio: AudioFeatureExtractor::new(audio_encoder.1),
+            detector,
+            sampler,
+            _stores: vec![
+                vae.0,
+                reference_unet.0,
+                denoising_unet.0,
+                face_locator.0,
+                audio_encoder.0,
+            ],
+        })
+    }
+
+    pub fn preset(&self) -> &Preset {
+        &self.preset
+    }
+
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// Whether a face detector is loaded (else the whole image is used).
+    pub fn has_face_detector(&self) -> bool {
+        self.detector.is_some()
+    }
+
+    /// Detects faces (when a detector is loaded), crops and masks the
+    /// reference, and computes everything per-avatar: latent, bank, face
+    /// features.
+    pub fn prepare_avatar(&self, image: &RgbImage) -> Result<Avatar, PipelineError> {
+        let _guard = tch::no_grad_guard();
+        let faces = match &self.detector {
+            Some(d) => d.detect(image)?,
+            None => Vec::new(),
+        };
+        let size = self.preset.width;
+        if self.preset.width != self.preset.height {
+            return Err(PipelineError::Input(format!(
+                "reference preparation needs a square preset, not {}x{}",
+                self.preset.width, self.preset.height
+            )));
+        }
+        let reference = prepare_from_detections(image, &faces, size)?;
+        let (device, kind) = (self.placement.device, self.placement.kind);
+        let (w, h) = reference.crop.dimensions();
+        let pixels = Tensor::from_slice(reference.crop.as_raw())
+            .view([1, i64::from(h), i64::from(w), 3])
+            .permute([0, 3, 1, 2])
+            .to_device(device)
+            .to_kind(Kind::Float)
+            / 127.5
+            - 1.0;
+        let latent = self.vae.encode_latents(&pixels.to_kind(kind))?;
+        let t0 = Tensor::zeros([], (Kind::Int64, device));
+        let bank = self.reference_unet.reference_bank(&latent, &t0)?;
+        let mask = reference.mask_tensor(device).to_kind(kind);
+        let face_features = self.face_locator.forward(&mask)?;
+        Ok(Avatar { faces, reference, latent, bank, face_features })
+    }
+
+    /// EchoMimic's per-frame audio features of a whole 16 kHz mono signal:
+    /// [frames, 50, C].
+    pub fn audio_features(&self, samples: &[f32], fps: u32) -> Result<Tensor, PipelineError> {
+        let _guard = tch::no_grad_guard();
+        Ok(self.audio.features(samples, fps)?)
+    }
+
+    /// Generates the clip `state.clip_index` under `audio` ([F, S, D]),
+    /// calling the denoising UNet `state.steps` times (once for one-step).
+    pub fn generate_clip(
+        &self,
+        avatar: &Avatar,
+        state: &RollingState,
+        audio: &Tensor,
+    ) -> Result<Clip, PipelineError> {
+        let _guard = tch::no_grad_guard();
+        let frames = self.preset.frames;
+        let cross = self.preset.denoising_unet.cross_attention_dim;
+        let s = audio.size();
+        if s.len() != 3 || s[0] != frames || s[2] != cross {
+            return Err(PipelineError::Input(format!(
+                "clip audio features must be [{frames}, tokens, {cross}], got {s:?}"
+            )));
+        }
+        let (device, kind) = (self.placement.device, self.placement.kind);
+        let audio = audio.to_device(device).to_kind(kind).unsqueeze(0);
+        let reference = (state.latents.is_none()).then_some(&avatar.latent);
+        let clip = self.sampler.next_clip(state, reference, |x, t| {
+            let timestep = Tensor::from(t).to_device(device);
+            self.denoiser.forward(&UNet3DInput {
+                sample: x,
+                frames,
+                timestep: &timestep,
+                audio: Some(&audio),
+                face: Some(&avatar.face_features),
+                reference: Some(&avatar.bank),
+                plain_samples: 0,
+            })
+        })?;
+        Ok(clip)
+    }
+
+    /// Decodes clip latents [F, 4, h, w] to RGB frames, u8 [F, H, W, 3].
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor, PipelineError> {
+        let _guard = tch::no_grad_guard();
+        let image = self.vae.decode_latents(&latents.to_kind(self.placement.kind))?;
+        Ok(((image.to_kind(Kind::Float) + 1.0) * 127.5)
+            .round()
+            .clamp(0.0, 255.0)
+            .to_kind(Kind::Uint8)
+            .permute([0, 2, 3, 1])
+            .contiguous()
+            .to_device(Device::Cpu))
+    }
+}

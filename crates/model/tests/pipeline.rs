@@ -1,0 +1,120 @@
+//! The whole inference path on the tiny preset: reference preparation with
+//! the real MTCNN on a real photo, whisper features of real speech, rolling
+//! one-step clips, VAE decoding; and the weights directory round trip.
+
+mod common;
+
+use std::time::Instant;
+
+use osa_model::{
+    device::Placement, pipeline::Pipeline, preset::Preset, rolling::RollingState, weights,
+};
+use tch::{Kind, Tensor};
+
+fn portrait() -> image::RgbImage {
+    let path = common::workspace_root().join("target/samples/portrait.png");
+    image::open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", path.display()))
+        .to_rgb8()
+}
+
+/// A short 16 kHz tone-and-noise signal standing in for speech where only
+/// shapes matter.
+fn signal(seconds: f32) -> Vec<f32> {
+    let n = (seconds * 16_000.0) as usize;
+    (0..n)
+        .map(|i| (i as f32 * 0.05).sin() * 0.3 + ((i * 7919 % 101) as f32 / 101.0 - 0.5) * 0.05)
+        .collect()
+}
+
+#[test]
+fn tiny_pipeline_runs_end_to_end_one_unet_call_per_clip() {
+    let detector = common::fixture("mtcnn.py", "mtcnn", &[]).weights;
+    let preset = Preset::tiny();
+    let pipe = Pipeline::random(preset.clone(), 7, Placement::cpu(), Some(&detector)).unwrap();
+    assert!(pipe.has_face_detector());
+
+    let avatar = pipe.prepare_avatar(&portrait()).unwrap();
+    assert_eq!(avatar.faces.len(), 1, "the astronaut has one face");
+    assert!(avatar.reference.face_found);
+    let (h, w) = preset.latent_size();
+    assert_eq!(avatar.latent.size(), vec![1, 4, h, w]);
+    assert_eq!(
+        avatar.face_features.size(),
+        vec![1, preset.denoising_unet.block_out_channels[0], h, w]
+    );
+
+    let fps = 25;
+    let features = pipe.audio_features(&signal(1.2), fps).unwrap();
+    let frames = features.size()[0];
+    assert!(frames >= 24, "{frames} frames of features for 1.2 s at 25 fps");
+    assert_eq!(features.size()[1..], [50, preset.audio_encoder.n_state]);
+
+    let mut state = RollingState::new(3, 1);
+    let mut previous: Option<Tensor> = None;
+    for clip in 0..2 {
+        let audio = features.narrow(0, clip * preset.frames, preset.frames);
+        let started = Instant::now();
+        let out = pipe.generate_clip(&avatar, &state, &audio).unwrap();
+        let took = started.elapsed();
+        eprintln!("tiny clip {clip}: {took:?}");
+        assert_eq!(out.latents.size(), vec![preset.frames, 4, h, w]);
+        assert!(bool::try_from(out.latents.isfinite().all()).unwrap());
+        if let Some(prev) = &previous {
+            assert!(f64::try_from((&out.latents - prev).abs().max()).unwrap() > 0.0);
+        }
+        let rgb = pipe.decode(&out.latents).unwrap();
+        assert_eq!(rgb.size(), vec![preset.frames, 64, 64, 3]);
+        assert_eq!(rgb.kind(), Kind::Uint8);
+        previous = Some(out.latents);
+        state = out.next;
+    }
+    assert_eq!(state.clip_index, 2);
+}
+
+#[test]
+fn weights_written_by_init_load_back_to_the_same_model() {
+    let dir = std::env::temp_dir().join(format!("osa-weights-{}", std::process::id()));
+    let preset = Preset::tiny();
+    let manifest = weights::init_random(&preset, 11, &dir, None).unwrap();
+    assert_eq!(manifest.preset, "tiny");
+    assert_eq!(weights::read_manifest(&dir).unwrap(), manifest);
+    assert_eq!(weights::component_files(&dir).len(), weights::COMPONENTS.len());
+
+    let from_disk = Pipeline::load(&dir, Placement::cpu()).unwrap();
+    let in_memory = Pipeline::random(preset.clone(), 11, Placement::cpu(), None).unwrap();
+    let other_seed = Pipeline::random(preset.clone(), 12, Placement::cpu(), None).unwrap();
+    let img = portrait();
+    let a = from_disk.prepare_avatar(&img).unwrap();
+    let b = in_memory.prepare_avatar(&img).unwrap();
+    let c = other_seed.prepare_avatar(&img).unwrap();
+    assert!(a.latent.equal(&b.latent), "same seed, same weights");
+    assert!(!a.latent.equal(&c.latent), "another seed, other weights");
+
+    let audio = Tensor::randn(
+        [preset.frames, 50, preset.audio_encoder.n_state],
+        (Kind::Float, tch::Device::Cpu),
+    );
+    let state = RollingState::new(5, 1);
+    let x = from_disk.generate_clip(&a, &state, &audio).unwrap();
+    let y = in_memory.generate_clip(&b, &state, &audio).unwrap();
+    assert!(x.latents.equal(&y.latents));
+
+    // A missing component is named.
+    std::fs::remove_file(dir.join("face_locator.safetensors")).unwrap();
+    let err = Pipeline::load(&dir, Placement::cpu()).unwrap_err().to_string();
+    assert!(err.contains("face_locator"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_clip_audio_is_an_error_not_a_panic() {
+    let preset = Preset::tiny();
+    let pipe = Pipeline::random(preset.clone(), 1, Placement::cpu(), None).unwrap();
+    let avatar = pipe.prepare_avatar(&portrait()).unwrap();
+    assert!(!avatar.reference.face_found, "no detector: whole-image fallback");
+    let wrong =
+        Tensor::zeros([5, 50, preset.audio_encoder.n_state], (Kind::Float, tch::Device::Cpu));
+    let err = pipe.generate_clip(&avatar, &RollingState::new(1, 1), &wrong).unwrap_err();
+    assert!(err.to_string().contains("clip audio features"), "{err}");
+}
