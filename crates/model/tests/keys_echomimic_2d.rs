@@ -1,10 +1,12 @@
 //! The full-size VAE and reference UNet have exactly the tensor names and
-//! shapes of EchoMimic's checkpoints (shared/design/echomimic-keys/vae.tsv
+//! shapes of EchoMimic's checkpoints (crates/model/keys/echomimic/vae.tsv
 //! and reference_unet.tsv), and the stock SD1.5 UNet has the counts
 //! config.md gives. Parameters are zero-filled (cheap) and built in fp16 to
 //! halve the memory; each store is dropped before the next is built.
 
-use std::{collections::BTreeMap, path::PathBuf};
+mod common;
+
+use std::collections::BTreeMap;
 
 use osa_model::{
     unet2d::{UNet2DConditionModel, UNet2DConfig},
@@ -14,28 +16,9 @@ use tch::{Device, Kind, nn::VarStore};
 
 type Shapes = BTreeMap<String, Vec<i64>>;
 
-/// `$OSA_KEYS_DIR`, else `shared/design/echomimic-keys` in or beside the
-/// workspace.
-fn keys_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let candidates: Vec<PathBuf> = std::env::var_os("OSA_KEYS_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            root.join("shared/design/echomimic-keys"),
-            root.join("../shared/design/echomimic-keys"),
-            PathBuf::from("/work/shared/design/echomimic-keys"),
-        ])
-        .collect();
-    candidates.iter().find(|d| d.join("vae.tsv").exists()).cloned().unwrap_or_else(|| {
-        panic!("echomimic-keys not found (set OSA_KEYS_DIR); looked in {candidates:?}")
-    })
-}
-
 fn read_tsv(name: &str) -> Shapes {
-    let path = keys_dir().join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
+    common::echomimic_keys(name)
+        .lines()
         .skip(1)
         .filter(|l| !l.trim().is_empty())
         .map(|line| {

@@ -2,42 +2,23 @@
 //! configs, have exactly the checkpoint keys and shapes of
 //! `denoising_unet.tsv` (and its 686 non-motion rows for the stage-1 model
 //! without motion modules) and `face_locator.tsv`
-//! (shared/design/echomimic-keys).
+//! (crates/model/keys/echomimic).
 //!
 //! Parameters are created as fp16 zeros (`VarStore::set_kind(Half)`
 //! before building): only names and shapes are compared, and the 1.3 B
 //! parameter UNet then needs 2.6 GB instead of 5.2 GB. Each model is dropped
 //! before the next is built.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use osa_model::face_locator::{FaceLocator, FaceLocatorConfig};
 use osa_model::unet3d::{UNet3DConditionModel, UNet3DConfig};
 use tch::{Device, Kind, nn::VarStore};
 
-/// `$OSA_ECHOMIMIC_KEYS`, else `shared/design/echomimic-keys` inside or
-/// beside the workspace.
-fn keys_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("OSA_ECHOMIMIC_KEYS") {
-        return PathBuf::from(dir);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let inside = root.join("shared/design/echomimic-keys");
-    if inside.exists() { inside } else { root.join("../shared/design/echomimic-keys") }
-}
-
-/// `key -> shape` from a key list; `None` (test skipped with a note) when the
-/// design folder is not present in this checkout.
-fn read_tsv(name: &str, keep: impl Fn(&str) -> bool) -> Option<BTreeMap<String, Vec<i64>>> {
-    let path = keys_dir().join(name);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("skipping: {}: {e} (set OSA_ECHOMIMIC_KEYS)", path.display());
-            return None;
-        }
-    };
+fn read_tsv(name: &str, keep: impl Fn(&str) -> bool) -> BTreeMap<String, Vec<i64>> {
+    let text = common::echomimic_keys(name);
     let mut out = BTreeMap::new();
     for line in text.lines().skip(1).filter(|l| !l.is_empty()) {
         let mut cols = line.split('\t');
@@ -53,7 +34,7 @@ fn read_tsv(name: &str, keep: impl Fn(&str) -> bool) -> Option<BTreeMap<String, 
             .collect();
         out.insert(key.to_string(), dims);
     }
-    Some(out)
+    out
 }
 
 fn built(vs: &VarStore) -> BTreeMap<String, Vec<i64>> {
@@ -89,7 +70,7 @@ fn cheap_store() -> VarStore {
 
 #[test]
 fn denoising_unet_and_face_locator_keys_match_echomimic() {
-    let Some(want_full) = read_tsv("denoising_unet.tsv", |_| true) else { return };
+    let want_full = read_tsv("denoising_unet.tsv", |_| true);
     assert_eq!(want_full.len(), 1274);
     {
         let vs = cheap_store();
@@ -101,7 +82,7 @@ fn denoising_unet_and_face_locator_keys_match_echomimic() {
     }
     {
         // Stage-1 model (denoising_unet.pth alone): no motion modules.
-        let want = read_tsv("denoising_unet.tsv", |k| !k.contains("motion_modules.")).unwrap();
+        let want = read_tsv("denoising_unet.tsv", |k| !k.contains("motion_modules."));
         assert_eq!(want.len(), 686);
         let vs = cheap_store();
         let _unet = UNet3DConditionModel::new(
@@ -111,7 +92,7 @@ fn denoising_unet_and_face_locator_keys_match_echomimic() {
         assert_same("stage-1 denoising UNet", &built(&vs), &want);
     }
     {
-        let want = read_tsv("face_locator.tsv", |_| true).unwrap();
+        let want = read_tsv("face_locator.tsv", |_| true);
         let vs = cheap_store();
         let _fl = FaceLocator::new(vs.root(), &FaceLocatorConfig::default());
         assert_same("face locator", &built(&vs), &want);

@@ -148,13 +148,7 @@ fn whole_signal_features_match_echomimic_pipeline() {
 fn whisper_tiny_keys_and_shapes_match_checkpoint_list() {
     let vs = nn::VarStore::new(Device::Cpu);
     let _enc = WhisperEncoder::new(vs.root() / "encoder", &WhisperEncoderConfig::default());
-    let tsv =
-        common::workspace_root().join("../shared/design/echomimic-keys/whisper_tiny_encoder.tsv");
-    let tsv = std::fs::read_to_string(&tsv)
-        .or_else(|_| {
-            std::fs::read_to_string("/work/shared/design/echomimic-keys/whisper_tiny_encoder.tsv")
-        })
-        .expect("whisper_tiny_encoder.tsv");
+    let tsv = common::echomimic_keys("whisper_tiny_encoder.tsv");
     let mut expected: Vec<(String, Vec<i64>)> = tsv
         .lines()
         .skip(1)

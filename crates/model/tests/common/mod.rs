@@ -111,3 +111,10 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) {
     assert!(err <= tol, "{what}: relative L2 error {err:.3e} > {tol:.1e}");
     eprintln!("{what}: relative L2 error {err:.3e} (tolerance {tol:.1e})");
 }
+
+/// Text of one of EchoMimic's key lists (`crates/model/keys/echomimic/NAME`:
+/// every tensor name and shape its checkpoints hold).
+pub fn echomimic_keys(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/echomimic").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
