@@ -21,6 +21,7 @@
 //!   the weights directory, and the whole inference path on one thread.
 
 pub mod audio;
+pub mod convert;
 pub mod device;
 pub mod face;
 pub mod face_locator;
