@@ -86,10 +86,9 @@ pub struct HostTensor {
 impl HostTensor {
     /// Builds a tensor, checking the byte length against dtype and shape.
     pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Result<Self, TensorError> {
-        let expected = checked_numel(&shape)
-            .and_then(|n| n.checked_mul(dtype.size()))
-            .ok_or_else(|| TensorError::ShapeOverflow {
-                shape: shape.iter().map(|&d| d as u64).collect(),
+        let expected =
+            checked_numel(&shape).and_then(|n| n.checked_mul(dtype.size())).ok_or_else(|| {
+                TensorError::ShapeOverflow { shape: shape.iter().map(|&d| d as u64).collect() }
             })?;
         if expected != data.len() {
             return Err(TensorError::ByteLength { shape, dtype, expected, actual: data.len() });
@@ -192,7 +191,9 @@ impl TryFrom<v1::Tensor> for HostTensor {
             Ok(v1::DataType::Bf16) => DType::Bf16,
             Ok(v1::DataType::U8) => DType::U8,
             Ok(v1::DataType::I64) => DType::I64,
-            Ok(v1::DataType::Unspecified) | Err(_) => return Err(TensorError::UnknownDType(t.dtype)),
+            Ok(v1::DataType::Unspecified) | Err(_) => {
+                return Err(TensorError::UnknownDType(t.dtype));
+            }
         };
         let overflow = || TensorError::ShapeOverflow { shape: t.shape.clone() };
         let shape = t
@@ -237,7 +238,8 @@ mod tests {
 
     #[test]
     fn rejects_wrong_byte_length() {
-        let wire = v1::Tensor { dtype: v1::DataType::F16 as i32, shape: vec![2, 2], data: vec![0; 7] };
+        let wire =
+            v1::Tensor { dtype: v1::DataType::F16 as i32, shape: vec![2, 2], data: vec![0; 7] };
         let err = HostTensor::try_from(wire).unwrap_err();
         assert_eq!(err.to_string(), "shape [2, 2] of f16 needs 8 bytes, got 7");
     }
@@ -248,7 +250,8 @@ mod tests {
         assert_eq!(HostTensor::try_from(unset).unwrap_err(), TensorError::UnknownDType(0));
         let unknown = v1::Tensor { dtype: 99, shape: vec![1], data: vec![0] };
         assert_eq!(HostTensor::try_from(unknown).unwrap_err(), TensorError::UnknownDType(99));
-        let huge = v1::Tensor { dtype: v1::DataType::F32 as i32, shape: vec![u64::MAX, 2], data: vec![] };
+        let huge =
+            v1::Tensor { dtype: v1::DataType::F32 as i32, shape: vec![u64::MAX, 2], data: vec![] };
         assert!(matches!(HostTensor::try_from(huge), Err(TensorError::ShapeOverflow { .. })));
     }
 
