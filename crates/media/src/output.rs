@@ -171,7 +171,23 @@ impl LiveStream {
         self.flush_segment(false)
     }
 
-    /// Ends the stream: flushes the audio encoder and emits what is left.
+    /// Encodes the stream's last clip and ends the stream: the final
+    /// segment carries this clip, any clips still pending and all the
+    /// remaining audio, so no audio-only tail segment is needed.
+    pub fn push_final_clip(
+        mut self,
+        first_index: u64,
+        frames: &[RgbFrame<'_>],
+    ) -> Result<Vec<LiveChunk>> {
+        self.clips_per_segment = usize::MAX;
+        let mut out = self.push_clip(first_index, frames)?;
+        out.extend(self.finish()?);
+        Ok(out)
+    }
+
+    /// Ends the stream: flushes the audio encoder and emits what is left
+    /// (pending clips, or only an audio tail if every clip was already sent;
+    /// such a segment has no video and is only meaningful after the others).
     pub fn finish(mut self) -> Result<Vec<LiveChunk>> {
         if let Some(audio) = self.audio.as_mut() {
             self.packets.extend(audio.finish()?);

@@ -13,7 +13,7 @@
 //! a live stream's audio may run up to one Opus frame (20 ms) past the input.
 
 use crate::error::{MediaError, Result};
-use crate::frame::{Fps, VIDEO_TIMESCALE, VideoSize};
+use crate::frame::{AUDIO_TIMESCALE, Fps, VIDEO_TIMESCALE, VideoSize};
 use crate::h264::{AvcParameterSets, EncodedFrame};
 use crate::mp4::boxes::{
     AUDIO_TRACK_ID, BoxWriter, Edit, NON_SYNC_SAMPLE_FLAGS, SYNC_SAMPLE_FLAGS, SampleTable, Track,
@@ -42,9 +42,11 @@ pub struct MediaSegment {
     pub first_index: Option<u64>,
     /// Number of video frames.
     pub frame_count: usize,
-    /// Presentation start of the segment's video in 90 kHz ticks.
+    /// Presentation start of the segment's video in 90 kHz ticks (of its
+    /// audio for an audio-only segment).
     pub start_ticks: u64,
-    /// Video duration in 90 kHz ticks (up to the frame after the last one).
+    /// Video duration in 90 kHz ticks, up to the frame after the last one
+    /// (the audio's for an audio-only segment).
     pub duration_ticks: u64,
     /// The segment's bytes.
     pub bytes: Vec<u8>,
@@ -202,8 +204,18 @@ impl Fmp4Segmenter {
         self.last_index = previous;
         self.audio_end = expected;
         let first_index = video.first().map(|f| f.index);
-        let start_ticks = first_index.map_or(0, |i| fps.pts(i));
-        let duration_ticks = durations.iter().map(|&d| u64::from(d)).sum();
+        let (start_ticks, duration_ticks) = match (first_index, audio.first()) {
+            (Some(i), _) => (fps.pts(i), durations.iter().map(|&d| u64::from(d)).sum()),
+            // An audio-only segment (the tail after the last frame): its
+            // presentation span on the 90 kHz clock.
+            (None, Some(first)) => {
+                let pre_skip = self.config.audio.map_or(0, |a| u64::from(a.pre_skip));
+                let to_90k = |t: u64| t * u64::from(VIDEO_TIMESCALE) / u64::from(AUDIO_TIMESCALE);
+                let start = to_90k(first.start.saturating_sub(pre_skip));
+                (start, to_90k(expected.saturating_sub(pre_skip)) - start)
+            }
+            (None, None) => (0, 0),
+        };
         Ok(MediaSegment {
             sequence_number,
             first_index,
