@@ -20,7 +20,7 @@ use crate::{
     face_locator::FaceLocator,
     preset::Preset,
     rolling::{Clip, RollingConfig, RollingError, RollingSampler, RollingState},
-    scheduler::SchedulerConfig,
+    scheduler::{Ddim, NoiseGenerator, SchedulerConfig, guide_batched},
     unet2d::UNet2DConditionModel,
     unet3d::{UNet3DConditionModel, UNet3DInput},
     vae::AutoencoderKL,
@@ -214,15 +214,8 @@ impl Pipeline {
     ) -> Result<Clip, PipelineError> {
         let _guard = tch::no_grad_guard();
         let frames = self.preset.frames;
-        let cross = self.preset.denoising_unet.cross_attention_dim;
-        let s = audio.size();
-        if s.len() != 3 || s[0] != frames || s[2] != cross {
-            return Err(PipelineError::Input(format!(
-                "clip audio features must be [{frames}, tokens, {cross}], got {s:?}"
-            )));
-        }
-        let (device, kind) = (self.placement.device, self.placement.kind);
-        let audio = audio.to_device(device).to_kind(kind).unsqueeze(0);
+        let audio = self.check_clip_audio(audio)?;
+        let device = self.placement.device;
         let reference = (state.latents.is_none()).then_some(&avatar.latent);
         let clip = self.sampler.next_clip(state, reference, |x, t| {
             let timestep = Tensor::from(t).to_device(device);
@@ -237,6 +230,67 @@ impl Pipeline {
             })
         })?;
         Ok(clip)
+    }
+
+    /// The multi-step teacher (EchoMimic's sampler): DDIM over `steps`
+    /// trailing timesteps from pure noise, with classifier-free guidance on
+    /// audio and face mask — the unconditional half sees zero audio, zero
+    /// face features and no reference bank — at `guidance` (EchoMimic: 2.5).
+    /// Calls the denoising UNet `steps` times on a batch of two. Returns the
+    /// clip's x0 latents [F, 4, h, w].
+    pub fn generate_clip_teacher(
+        &self,
+        avatar: &Avatar,
+        audio: &Tensor,
+        steps: usize,
+        guidance: f64,
+        seed: u64,
+    ) -> Result<Tensor, PipelineError> {
+        let _guard = tch::no_grad_guard();
+        let audio = self.check_clip_audio(audio)?;
+        let (device, kind) = (self.placement.device, self.placement.kind);
+        let frames = self.preset.frames;
+        let (h, w) = self.preset.latent_size();
+        let ddim = Ddim::new(&SchedulerConfig::default(), steps).map_err(RollingError::from)?;
+        let mut rng = NoiseGenerator::new(seed);
+        let mut x =
+            rng.randn(&[frames, self.preset.denoising_unet.in_channels, h, w], kind, device);
+        let audio2 = Tensor::cat(&[audio.zeros_like(), audio.shallow_clone()], 0);
+        let face2 = Tensor::cat(
+            &[avatar.face_features.zeros_like(), avatar.face_features.shallow_clone()],
+            0,
+        );
+        let mut x0 = None;
+        for &t in ddim.timesteps() {
+            let timestep = Tensor::from(t).to_device(device);
+            let pred = self.denoiser.forward(&UNet3DInput {
+                sample: &Tensor::cat(&[&x, &x], 0),
+                frames,
+                timestep: &timestep,
+                audio: Some(&audio2),
+                face: Some(&face2),
+                reference: Some(&avatar.bank),
+                plain_samples: 1,
+            })?;
+            let guided = guide_batched(&pred, guidance).map_err(RollingError::from)?;
+            let step = ddim.step(&guided, t, &x).map_err(RollingError::from)?;
+            x = step.prev_sample;
+            x0 = Some(step.pred_original_sample);
+        }
+        Ok(x0.unwrap_or(x))
+    }
+
+    /// `audio` as [1, F, S, D] on the pipeline's device and kind.
+    fn check_clip_audio(&self, audio: &Tensor) -> Result<Tensor, PipelineError> {
+        let frames = self.preset.frames;
+        let cross = self.preset.denoising_unet.cross_attention_dim;
+        let s = audio.size();
+        if s.len() != 3 || s[0] != frames || s[2] != cross {
+            return Err(PipelineError::Input(format!(
+                "clip audio features must be [{frames}, tokens, {cross}], got {s:?}"
+            )));
+        }
+        Ok(audio.to_device(self.placement.device).to_kind(self.placement.kind).unsqueeze(0))
     }
 
     /// Decodes clip latents [F, 4, h, w] to RGB frames, u8 [F, H, W, 3].

@@ -118,3 +118,22 @@ fn bad_clip_audio_is_an_error_not_a_panic() {
     let err = pipe.generate_clip(&avatar, &RollingState::new(1, 1), &wrong).unwrap_err();
     assert!(err.to_string().contains("clip audio features"), "{err}");
 }
+
+#[test]
+fn the_teacher_runs_guided_ddim_and_the_guidance_matters() {
+    let preset = Preset::tiny();
+    let pipe = Pipeline::random(preset.clone(), 2, Placement::cpu(), None).unwrap();
+    let avatar = pipe.prepare_avatar(&portrait()).unwrap();
+    let audio = Tensor::randn(
+        [preset.frames, 50, preset.audio_encoder.n_state],
+        (Kind::Float, tch::Device::Cpu),
+    );
+    let a = pipe.generate_clip_teacher(&avatar, &audio, 4, 2.5, 9).unwrap();
+    let (h, w) = preset.latent_size();
+    assert_eq!(a.size(), vec![preset.frames, 4, h, w]);
+    let again = pipe.generate_clip_teacher(&avatar, &audio, 4, 2.5, 9).unwrap();
+    assert!(a.equal(&again), "deterministic per seed");
+    let unguided = pipe.generate_clip_teacher(&avatar, &audio, 4, 1.0, 9).unwrap();
+    assert!(!a.equal(&unguided), "guidance changes the result");
+    assert!(pipe.generate_clip_teacher(&avatar, &audio, 0, 2.5, 9).is_err());
+}
