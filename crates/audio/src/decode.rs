@@ -252,18 +252,27 @@ fn decode_source(
         }
     }
 
-    // symphonia's mp3 reader stops quietly at a cut. With a Xing/LAME tag
-    // (present when `delay` is known) the frame count is exact, so fewer
-    // frames than announced means the file was cut.
-    if let Some(announced) = track.num_frames
-        && container == "mp3"
-        && track.delay.is_some()
+    // Readers that stop quietly at a cut (mp3) or skip damaged frames to
+    // resync (flac) still hand out fewer frames than an exact header
+    // announces: the frame count of a Xing/LAME tag (present when `delay` is
+    // known), FLAC's STREAMINFO, the mp4 sample table.
+    let exact_count = match container.as_str() {
+        "mp3" => track.delay.is_some(),
+        "flac" | "isomp4" => true,
+        _ => false,
+    };
+    if let Some(announced) = track.num_frames.filter(|_| exact_count)
         && state.frames_in < announced
     {
-        return Err(AudioError::Truncated {
-            container,
-            decoded: state.position(),
-            expected: Some(frames_to_duration(announced, header_rate.unwrap_or(state.rate))),
+        let expected = frames_to_duration(announced, header_rate.unwrap_or(state.rate));
+        return Err(if container == "mp3" {
+            AudioError::Truncated { container, decoded: state.position(), expected: Some(expected) }
+        } else {
+            state.corrupt(format!(
+                "only {:.3} s of the {:.3} s the header announces decode: damaged frames were skipped",
+                state.position().as_secs_f64(),
+                expected.as_secs_f64()
+            ))
         });
     }
     let SourceAudio { mut mono, rate, channels, .. } = state.finish()?;
