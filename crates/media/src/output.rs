@@ -105,6 +105,8 @@ pub struct LiveStream {
     packets: Vec<AudioPacket>,
     pre_skip: u64,
     init_sent: bool,
+    /// Index of the last frame encoded.
+    last_index: Option<u64>,
 }
 
 impl LiveStream {
@@ -132,6 +134,7 @@ impl LiveStream {
             packets: Vec::new(),
             pre_skip: info.map_or(0, |i| u64::from(i.pre_skip)),
             init_sent: false,
+            last_index: None,
         })
     }
 
@@ -156,6 +159,13 @@ impl LiveStream {
         if frames.is_empty() {
             return Err(MediaError::Mux("empty clip".into()));
         }
+        // Check the index before encoding anything, so a refused clip leaves
+        // the stream exactly as it was.
+        if let Some(previous) = self.last_index
+            && first_index <= previous
+        {
+            return Err(MediaError::NonMonotonicIndex { index: first_index, previous });
+        }
         let mut encoded = Vec::with_capacity(frames.len());
         for (i, frame) in frames.iter().enumerate() {
             if i == 0 && self.frames.is_empty() {
@@ -163,6 +173,7 @@ impl LiveStream {
             }
             encoded.push(self.video.encode(frame, first_index + i as u64)?);
         }
+        self.last_index = encoded.last().map(|f| f.index);
         self.frames.extend(encoded);
         self.clips += 1;
         if self.clips < self.clips_per_segment {

@@ -60,6 +60,8 @@ fn non_monotonic_indices() {
     live.push_clip(12, &[frame]).unwrap();
     assert!(live.push_clip(0, &[frame]).is_err());
     assert!(live.push_clip(13, &[]).is_err());
+    // A refused clip leaves the stream usable.
+    live.push_clip(13, &[frame]).unwrap();
 }
 
 #[test]

@@ -15,10 +15,10 @@ const CLIP: u64 = 12;
 
 /// Runs a live stream of `clips` 12-frame clips, two clips per segment,
 /// with audio covering exactly the video; returns init and segments.
-fn live(side: u32, fps: Fps, clips: u64) -> Result<(Vec<u8>, Vec<Vec<u8>>, usize)> {
+fn live(side: u32, fps: Fps, clips: u64, last_clip: u64) -> Result<(Vec<u8>, Vec<Vec<u8>>, usize)> {
     let size = VideoSize::new(side, side)?;
     let mut stream = LiveStream::new(OutputConfig::new(size, fps), 2)?;
-    let frames = clips * CLIP;
+    let frames = (clips - 1) * CLIP + last_clip;
     let audio_len = frames as usize * 16_000 / fps.as_u32() as usize;
     let pcm = tone_with_clicks(audio_len, &[8_000]);
     let mut chunks = Vec::new();
@@ -27,8 +27,9 @@ fn live(side: u32, fps: Fps, clips: u64) -> Result<(Vec<u8>, Vec<Vec<u8>>, usize
         // Audio for the clip arrives first (the video is generated from it).
         let end = if c + 1 == clips { audio_len } else { (c as usize + 1) * per_clip };
         stream.push_audio_i16(&pcm[c as usize * per_clip..end])?;
+        let len = if c + 1 == clips { last_clip } else { CLIP };
         let data: Vec<Vec<u8>> =
-            (c * CLIP..(c + 1) * CLIP).map(|i| gradient(side, side, i)).collect();
+            (c * CLIP..c * CLIP + len).map(|i| gradient(side, side, i)).collect();
         let clip: Vec<RgbFrame<'_>> =
             data.iter().map(|d| RgbFrame::new(side, side, d)).collect::<Result<_, _>>()?;
         if c + 1 == clips {
@@ -69,10 +70,15 @@ fn live(side: u32, fps: Fps, clips: u64) -> Result<(Vec<u8>, Vec<Vec<u8>>, usize
 
 #[test]
 fn concatenated_segments_decode_cleanly() -> Result<()> {
-    for (side, fps, clips) in
-        [(64, Fps::F25, 5), (64, Fps::F24, 4), (64, Fps::F30, 3), (512, Fps::F25, 3)]
-    {
-        let (init, segments, audio_len) = live(side, fps, clips)?;
+    let cases =
+        [(64, Fps::F25, 5, 12), (64, Fps::F24, 4, 7), (64, Fps::F30, 3, 12), (512, Fps::F25, 3, 5)];
+    for (side, fps, clips, last_clip) in cases {
+        let frames = (clips - 1) * CLIP + last_clip;
+        let (init, segments, audio_len) = live(side, fps, clips, last_clip)?;
+        assert_eq!(top_level_boxes(&init), ["ftyp", "moov"]);
+        for s in &segments {
+            assert_eq!(top_level_boxes(s), ["moof", "mdat"]);
+        }
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("stream.mp4");
         let mut all = init.clone();
@@ -85,7 +91,7 @@ fn concatenated_segments_decode_cleanly() -> Result<()> {
         assert_eq!(video.codec, "h264");
         assert_eq!(video.width, Some(u64::from(side)));
         assert_eq!(video.r_frame_rate, format!("{}/1", fps.as_u32()));
-        assert_eq!(video.frames, Some(clips * CLIP));
+        assert_eq!(video.frames, Some(frames));
         let pts = video_pts(&path)?;
         for (i, t) in pts.iter().enumerate() {
             assert!((t - i as f64 / f64::from(fps.as_u32())).abs() < 1e-4, "frame {i} at {t}");
@@ -112,7 +118,7 @@ fn concatenated_segments_decode_cleanly() -> Result<()> {
 
 #[test]
 fn audio_stays_in_sync_in_the_stream() -> Result<()> {
-    let (init, segments, _) = live(64, Fps::F25, 4)?;
+    let (init, segments, _) = live(64, Fps::F25, 4, 12)?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("stream.mp4");
     let mut all = init;

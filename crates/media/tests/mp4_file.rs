@@ -36,6 +36,8 @@ fn render(dir: &std::path::Path, case: &Case) -> Result<(std::path::PathBuf, usi
         render.push_frame(&RgbFrame::new(case.size, case.size, &rgb)?, i)?;
     }
     let bytes = render.finish()?;
+    // Faststart: the index comes before the media data.
+    assert_eq!(top_level_boxes(&bytes), ["ftyp", "moov", "mdat"]);
     let path = dir.join(format!("out_{}_{}_{}.mp4", case.size, case.fps.as_u32(), case.frames));
     std::fs::write(&path, bytes)?;
     Ok((path, audio_len))
@@ -52,6 +54,7 @@ fn check(case: &Case) -> Result<()> {
     assert_eq!(video.height, Some(u64::from(case.size)));
     assert_eq!(video.r_frame_rate, format!("{}/1", case.fps.as_u32()));
     assert_eq!(video.frames, Some(case.frames));
+    assert_eq!(video.header_frames, Some(case.frames));
     let video_duration = video.duration.expect("video duration");
     assert!((video_duration - case.frames as f64 / fps).abs() < 1e-3, "{video_duration}");
     let audio = audio.expect("audio stream");

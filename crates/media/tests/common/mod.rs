@@ -87,7 +87,10 @@ pub struct Probe {
     pub width: Option<u64>,
     pub height: Option<u64>,
     pub r_frame_rate: String,
+    /// Frames counted by decoding (`-count_frames`).
     pub frames: Option<u64>,
+    /// Frames the container's index claims (`nb_frames`).
+    pub header_frames: Option<u64>,
     pub duration: Option<f64>,
     pub sample_rate: Option<u64>,
 }
@@ -113,6 +116,7 @@ pub fn probe(path: &Path) -> Result<(Probe, Option<Probe>)> {
             height: num("height"),
             r_frame_rate: s["r_frame_rate"].as_str().unwrap_or_default().to_string(),
             frames: num("nb_read_frames"),
+            header_frames: num("nb_frames"),
             duration: s["duration"].as_str().and_then(|v| v.parse().ok()),
             sample_rate: num("sample_rate"),
         };
@@ -190,4 +194,25 @@ pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
     let mse = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>()
         / a.len() as f64;
     if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64 * 255.0 / mse).log10() }
+}
+
+/// Four-character codes of the top-level boxes of an MP4 byte stream.
+pub fn top_level_boxes(bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        let size = if size == 1 {
+            u64::from_be_bytes(bytes[pos + 8..pos + 16].try_into().unwrap()) as usize
+        } else {
+            size
+        };
+        out.push(String::from_utf8_lossy(&bytes[pos + 4..pos + 8]).into_owned());
+        if size < 8 {
+            break;
+        }
+        pos += size;
+    }
+    assert_eq!(pos, bytes.len(), "boxes do not tile the stream");
+    out
 }
