@@ -102,4 +102,12 @@ if [ ! -s "$OSA_SAMPLES/speech.wav" ]; then
     "Hello! This portrait was animated in one step by a latent consistency model, streaming clip by clip."
 fi
 
+# Real MTCNN weights (facenet-pytorch's pnet/rnet/onet) as safetensors: the
+# face detector for `osa face` and reference preparation.
+mkdir -p "$OSA_WEIGHTS_DIR"
+if [ ! -s "$OSA_WEIGHTS_DIR/face_detector.safetensors" ]; then
+  log "face detector weights: converting facenet-pytorch's MTCNN"
+  "$VPY" scripts/convert_mtcnn.py --out "$OSA_WEIGHTS_DIR/face_detector.safetensors"
+fi
+
 log "ready: venv $OSA_VENV (torch $TORCH_VERSION), samples in $OSA_SAMPLES"
