@@ -15,9 +15,9 @@
 //!   keyframe interval and forced keyframes.
 //! - [`opus`]: 16 kHz mono PCM (i16 or f32) -> 20 ms Opus packets with the
 //!   pre-skip the MP4 edit list needs so that audio duration = input duration.
-//!   AAC is not offered: there is no maintained pure-Rust AAC encoder, and
-//!   the system ones (fdk-aac, FFmpeg's) need non-free or FFmpeg -dev
-//!   packages. Opus in MP4 plays in ffmpeg, browsers (MSE) and VLC.
+//!   AAC is not offered (no pure-Rust encoder; the bindings need
+//!   Fraunhofer's non-free FDK or FFmpeg's -dev packages; see [`opus`]).
+//!   ffmpeg decodes the Opus track (tested); browsers are not tested here.
 //! - [`mp4`]: [`mp4::Mp4Writer`] (faststart: `ftyp`, `moov`, `mdat`) and
 //!   [`mp4::Fmp4Segmenter`] (init segment + `moof`/`mdat` media segments).
 //! - [`output`]: the two pipelines end to end, [`output::Mp4Render`] and

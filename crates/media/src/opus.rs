@@ -1,8 +1,10 @@
 //! Opus encoding of the input speech (16 kHz mono PCM) for the MP4 audio
 //! track, with the pure-Rust `opus-rs` encoder (a port of libopus; no C
-//! library). AAC is not offered: no maintained pure-Rust AAC encoder exists,
-//! and the system options (fdk-aac, FFmpeg's encoder through ffmpeg-next)
-//! are either non-free in Debian or pull in FFmpeg's development packages.
+//! library). AAC is not offered: the AAC encoders reachable from Rust are
+//! bindings — `fdk-aac`/`fdk-aac-sys` (Fraunhofer's FDK AAC, whose licence
+//! Debian files under non-free) and FFmpeg's encoder through `ffmpeg-next`
+//! (FFmpeg's -dev packages and clang) — and no pure-Rust AAC encoder was
+//! found (symphonia and the like only decode it).
 //!
 //! Timing. Opus always decodes at 48 kHz; the track's timescale is 48000 and
 //! every packet here holds 20 ms (960 ticks). The encoder delays its output
@@ -13,6 +15,11 @@
 //! pads with silence until the last input sample has left the encoder, and
 //! the edit list's duration (`input_samples * 48000 / input_rate`) cuts the
 //! padding off again: the track's duration equals the input's.
+//! (ffprobe reports exactly that duration. ffmpeg's decoder honours the
+//! pre-skip but not the end of the edit, so a decode to PCM runs up to one
+//! packet long; the start, and so lip sync, is sample-exact: a test finds
+//! an input click within 1 ms of its place in the decoded audio, which also
+//! confirms that `opus-rs` has libopus's lookahead.)
 
 use opus_rs::{Application, OpusEncoder};
 
