@@ -76,8 +76,13 @@ fn concatenated_segments_decode_cleanly() -> Result<()> {
         let frames = (clips - 1) * CLIP + last_clip;
         let (init, segments, audio_len) = live(side, fps, clips, last_clip)?;
         assert_eq!(top_level_boxes(&init), ["ftyp", "moov"]);
+        // Opus-in-ISOBMFF 4.3.6.2: a 'roll' group in the init segment and in
+        // every fragment that carries Opus.
+        let has_roll = |b: &[u8]| b.windows(4).any(|w| w == b"roll");
+        assert!(has_roll(&init));
         for s in &segments {
             assert_eq!(top_level_boxes(s), ["moof", "mdat"]);
+            assert!(has_roll(s));
         }
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("stream.mp4");

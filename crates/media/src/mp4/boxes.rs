@@ -344,6 +344,39 @@ fn stbl(w: &mut BoxWriter, t: &Track<'_>) -> Result<()> {
         }
     }
     w.end()?;
+    if let TrackMedia::Opus(_) = t.media {
+        roll_group_description(w)?;
+        roll_group_mapping(w, table.sizes.len() as u32)?;
+    }
+    w.end()
+}
+
+/// Opus needs 80 ms of pre-roll after a random access; the Opus-in-ISOBMFF
+/// spec (4.3.6.2) makes a 'roll' sample group mandatory to say so:
+/// `roll_distance` = -(80 ms / 20 ms per packet) = -4 samples.
+pub(crate) const OPUS_ROLL_DISTANCE: i16 = -4;
+
+fn roll_group_description(w: &mut BoxWriter) -> Result<()> {
+    w.begin_full(b"sgpd", 1, 0);
+    w.bytes(b"roll");
+    w.u32(2); // default_length: one i16 per entry
+    w.u32(1); // entry count
+    w.u16(OPUS_ROLL_DISTANCE as u16);
+    w.end()
+}
+
+/// Maps `samples` samples to entry 1 of the `stbl`'s 'roll' description
+/// (in a `traf` as well: indices up to 0x10000 refer to the `stbl`).
+pub(crate) fn roll_group_mapping(w: &mut BoxWriter, samples: u32) -> Result<()> {
+    w.begin_full(b"sbgp", 0, 0);
+    w.bytes(b"roll");
+    if samples == 0 {
+        w.u32(0);
+    } else {
+        w.u32(1);
+        w.u32(samples);
+        w.u32(1);
+    }
     w.end()
 }
 

@@ -17,7 +17,7 @@ use crate::frame::{AUDIO_TIMESCALE, Fps, VIDEO_TIMESCALE, VideoSize};
 use crate::h264::{AvcParameterSets, EncodedFrame};
 use crate::mp4::boxes::{
     AUDIO_TRACK_ID, BoxWriter, Edit, NON_SYNC_SAMPLE_FLAGS, SYNC_SAMPLE_FLAGS, SampleTable, Track,
-    TrackMedia, VIDEO_TRACK_ID, frame_durations, ftyp, mdat_header, moov,
+    TrackMedia, VIDEO_TRACK_ID, frame_durations, ftyp, mdat_header, moov, roll_group_mapping,
 };
 use crate::mp4::writer::check_parameter_sets;
 use crate::opus::{AudioPacket, OpusTrackInfo};
@@ -180,8 +180,9 @@ impl Fmp4Segmenter {
                     w.u32(p.duration);
                     w.u32(p.data.len() as u32);
                 }
-                w.end()?;
-                w.end()?;
+                w.end()?; // trun
+                roll_group_mapping(&mut w, audio.len() as u32)?;
+                w.end()?; // traf
             }
             w.end()?; // moof
             Ok(w.buf)
