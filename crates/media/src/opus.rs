@@ -172,6 +172,10 @@ impl OpusAudioEncoder {
             return Ok(Vec::new());
         }
         self.finished = true;
+        if self.input_samples == 0 {
+            // No input, no track: not even the lookahead's worth of silence.
+            return Ok(Vec::new());
+        }
         self.drain(true)
     }
 

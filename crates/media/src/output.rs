@@ -93,6 +93,8 @@ pub enum LiveChunk {
 /// Encodes a live session clip by clip into fragmented-MP4 segments of
 /// `clips_per_segment` clips. Each segment starts with a keyframe so a
 /// client can join at any segment boundary.
+/// The init segment declares the audio track whenever `audio` is configured,
+/// so a silent session should be configured with `audio: None`.
 #[derive(Debug)]
 pub struct LiveStream {
     fps: Fps,

@@ -256,3 +256,22 @@ fn bitrate_setting_takes_effect() -> Result<()> {
     assert!((sizes[1] - 3e6).abs() < 1.5e6, "3 Mbit/s target missed: {sizes:?}");
     Ok(())
 }
+
+/// An audio track that received no samples is left out, not written empty.
+#[test]
+fn configured_audio_without_samples() -> Result<()> {
+    let side = 64;
+    let size = VideoSize::new(side, side)?;
+    let mut render = Mp4Render::new(OutputConfig::new(size, Fps::F25))?;
+    for i in 0..12 {
+        render.push_frame(&RgbFrame::new(side, side, &gradient(side, side, i))?, i)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("silent.mp4");
+    std::fs::write(&path, render.finish()?)?;
+    assert_decodes_cleanly(&path)?;
+    let (video, audio) = probe(&path)?;
+    assert_eq!(video.frames, Some(12));
+    assert!(audio.is_none());
+    Ok(())
+}

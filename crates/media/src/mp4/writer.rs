@@ -174,7 +174,9 @@ impl Mp4Writer {
                 edits: video_edits.clone(),
                 table: std::mem::take(&mut video_table),
             }];
-            if let Some(info) = self.config.audio {
+            // A configured audio track that got no packets is left out
+            // rather than written as an empty track.
+            if let Some(info) = self.config.audio.filter(|_| !self.audio.is_empty()) {
                 tracks.push(Track {
                     id: AUDIO_TRACK_ID,
                     media: TrackMedia::Opus(info),
