@@ -18,6 +18,9 @@
 //!   apply edit lists, so it is done here. AAC without an edit list (raw
 //!   ADTS, or an mp4 written without one) gets the AAC-LC convention of 1024
 //!   samples, the frame overlap every AAC encoder introduces.
+//! - MP3 without a LAME tag: LAME's 576-sample encoder delay plus the
+//!   529-sample decoder delay (1105, measured: a tag-less ffmpeg/LAME file
+//!   is 25 ms late at 44.1 kHz without it).
 //!
 //! Limits: the duration limit is checked against the header before decoding
 //! and again as samples come out, so a 3-hour file is refused after reading
@@ -44,6 +47,10 @@ use crate::{AudioError, TARGET_SAMPLE_RATE, resample};
 
 /// AAC-LC priming assumed when the file does not state it (see module docs).
 const AAC_DEFAULT_PRIMING: u64 = 1024;
+
+/// MP3 delay assumed without a LAME tag: LAME's 576-sample encoder delay plus
+/// the 529-sample decoder delay (the same sum symphonia applies from a tag).
+const MP3_DEFAULT_DELAY: u64 = 576 + 529;
 
 /// Sample rates outside this range are refused as unsupported streams.
 const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 1_000..=768_000;
@@ -199,8 +206,23 @@ fn decode_source(
             keep = edit.keep.map(|k| rescale(k, rate, edit.media_timescale));
         }
         _ if is_aac => skip_front = AAC_DEFAULT_PRIMING,
+        // symphonia applies the LAME tag's delay; without one it trims nothing.
+        _ if params.codec == codec_ids::CODEC_ID_MP3 && track.delay.is_none() => {
+            skip_front = MP3_DEFAULT_DELAY;
+        }
         _ => {}
     }
+
+    // Readers that stop quietly at a cut (mp3) or skip damaged frames to
+    // resync (flac) still hand out fewer frames than an exact header
+    // announces: the frame count of a Xing/LAME tag (present when `delay` is
+    // known), FLAC's STREAMINFO, the mp4 sample table.
+    let exact_count = match container.as_str() {
+        "mp3" => track.delay.is_some(),
+        "flac" | "isomp4" | "wave" => true,
+        _ => false,
+    };
+    let exact_frames = track.num_frames.filter(|_| exact_count);
 
     let mut state = DecodeState {
         container: container.clone(),
@@ -224,7 +246,7 @@ fn decode_source(
             {
                 break;
             }
-            Err(e) => return Err(state.stream_error(e, track.num_frames, header_rate)),
+            Err(e) => return Err(state.stream_error(e, exact_frames, header_rate)),
         };
         if packet.track_id != track.id {
             continue;
@@ -252,16 +274,7 @@ fn decode_source(
         }
     }
 
-    // Readers that stop quietly at a cut (mp3) or skip damaged frames to
-    // resync (flac) still hand out fewer frames than an exact header
-    // announces: the frame count of a Xing/LAME tag (present when `delay` is
-    // known), FLAC's STREAMINFO, the mp4 sample table.
-    let exact_count = match container.as_str() {
-        "mp3" => track.delay.is_some(),
-        "flac" | "isomp4" => true,
-        _ => false,
-    };
-    if let Some(announced) = track.num_frames.filter(|_| exact_count)
+    if let Some(announced) = exact_frames
         && state.frames_in < announced
     {
         let expected = frames_to_duration(announced, header_rate.unwrap_or(state.rate));
@@ -451,6 +464,7 @@ fn sniff_container(bytes: &[u8]) -> Option<&'static str> {
         b"RIFF" | b"RIFX" | b"RF64" => Some("wave"),
         b"fLaC" => Some("flac"),
         b"OggS" => Some("ogg"),
+        b"\x1a\x45\xdf\xa3" => Some("mkv"),
         _ if bytes.get(4..8) == Some(b"ftyp") => Some("isomp4"),
         _ if magic.starts_with(b"ID3") => Some("mp3"),
         _ => None,

@@ -17,8 +17,8 @@ pub enum AudioError {
 
     /// The bytes are not a container this service can read.
     #[error(
-        "not a recognised audio file{}: supported containers are wav, mp3, flac, ogg \
-         (vorbis, opus, flac) and m4a/mp4 (aac)",
+        "not a recognised audio file{}: supported are wav, mp3, flac, ogg and webm/mkv \
+         (vorbis, opus, flac), m4a/mp4 and adts (aac)",
         hint.as_deref().map(|h| format!(" (hint {h:?})")).unwrap_or_default()
     )]
     UnknownFormat {
@@ -55,8 +55,12 @@ pub enum AudioError {
 
     /// The data ends before the container says it should.
     #[error(
-        "the {container} audio is truncated: the data ends after {:.3} s of audio{}",
-        decoded.as_secs_f64(),
+        "the {container} audio is truncated: the data ends {}{}",
+        if decoded.is_zero() {
+            "before any audio".to_owned()
+        } else {
+            format!("after {:.3} s of audio", decoded.as_secs_f64())
+        },
         expected.map(|e| format!(" but the header announces {:.3} s", e.as_secs_f64())).unwrap_or_default()
     )]
     Truncated {

@@ -3,7 +3,8 @@
 //! extractor expects (EchoMimic v1 / Hallo both run their audio encoders at
 //! 16 kHz).
 //!
-//! - [`decode_file`]: wav, mp3, flac, ogg/vorbis, ogg/opus, m4a/aac at any
+//! - [`decode_file`]: wav, mp3, flac, ogg/vorbis, ogg/opus, webm/opus, m4a/aac,
+//!   adts/aac at any
 //!   sample rate and channel count. Containers and most codecs are decoded by
 //!   symphonia; Opus (which symphonia 0.6 does not decode) by the pure-Rust
 //!   `opus-rs` decoder. Encoder delay is removed so the samples line up with

@@ -67,7 +67,7 @@ fn random_bytes() {
     }
 }
 
-const FILES: [&str; 8] = [
+const FILES: [&str; 12] = [
     "ref16k.wav",
     "w44k_st_f32.wav",
     "f44k_st.flac",
@@ -76,6 +76,10 @@ const FILES: [&str; 8] = [
     "o48k_st.opus",
     "a44k_st.m4a",
     "a48k_noedit.m4a",
+    "o48k_51.opus",
+    "o48k.webm",
+    "a44k.aac",
+    "m44k_noxing.mp3",
 ];
 
 #[test]

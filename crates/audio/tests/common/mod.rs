@@ -62,10 +62,13 @@ pub fn speech_wav(dir: &Path) -> std::path::PathBuf {
 /// Mono to stereo at unity gain (ffmpeg's default upmix is -3 dB per side),
 /// so the average of the channels equals the mono source.
 const DUP: &str = "pan=stereo|c0=c0|c1=c0";
+/// Mono to 5.1, every channel the source.
+const DUP51: &str = "pan=5.1|c0=c0|c1=c0|c2=c0|c3=c0|c4=c0|c5=c0";
 
 /// (name, ffmpeg args, lossless, frame seconds, rate, channels)
 type Spec = (&'static str, &'static [&'static str], bool, f64, u32, usize);
 
+#[rustfmt::skip]
 const SPECS: &[Spec] = &[
     ("ref16k.wav", &["-ar", "16000", "-ac", "1", "-c:a", "pcm_s16le"], true, 0.0, 16_000, 1),
     ("w8k.wav", &["-ar", "8000", "-ac", "1", "-c:a", "pcm_s16le"], true, 0.0, 8_000, 1),
@@ -78,79 +81,31 @@ const SPECS: &[Spec] = &[
     ("w44k_st_f32.wav", &["-ar", "44100", "-af", DUP, "-c:a", "pcm_f32le"], true, 0.0, 44_100, 2),
     ("f16k.flac", &["-ar", "16000", "-ac", "1", "-c:a", "flac"], true, 0.0, 16_000, 1),
     ("f44k_st.flac", &["-ar", "44100", "-af", DUP, "-c:a", "flac"], true, 0.0, 44_100, 2),
-    (
-        "m44k_st.mp3",
-        &["-ar", "44100", "-ac", "2", "-c:a", "libmp3lame", "-b:a", "128k"],
-        false,
-        1152.0 / 44_100.0,
-        44_100,
-        2,
-    ),
-    (
-        "m22k.mp3",
-        &["-ar", "22050", "-ac", "1", "-c:a", "libmp3lame", "-b:a", "64k"],
-        false,
-        576.0 / 22_050.0,
-        22_050,
-        1,
-    ),
-    (
-        "v44k_st.ogg",
-        &["-ar", "44100", "-ac", "2", "-c:a", "libvorbis", "-q:a", "4"],
-        false,
-        2048.0 / 44_100.0,
-        44_100,
-        2,
-    ),
-    (
-        "v16k.ogg",
-        &["-ar", "16000", "-ac", "1", "-c:a", "libvorbis", "-q:a", "4"],
-        false,
-        2048.0 / 16_000.0,
-        16_000,
-        1,
-    ),
-    (
-        "o48k_st.opus",
-        &["-ar", "48000", "-ac", "2", "-c:a", "libopus", "-b:a", "64k"],
-        false,
-        0.02,
-        48_000,
-        2,
-    ),
-    (
-        "o16k.opus",
-        &["-ar", "16000", "-ac", "1", "-c:a", "libopus", "-b:a", "32k"],
-        false,
-        0.02,
-        48_000,
-        1,
-    ),
-    (
-        "a44k_st.m4a",
-        &["-ar", "44100", "-ac", "2", "-c:a", "aac", "-b:a", "128k"],
-        false,
-        1024.0 / 44_100.0,
-        44_100,
-        2,
-    ),
-    (
-        "a22k.m4a",
-        &["-ar", "22050", "-ac", "1", "-c:a", "aac", "-b:a", "64k"],
-        false,
-        1024.0 / 22_050.0,
-        22_050,
-        1,
-    ),
-    (
-        "a48k_noedit.m4a",
-        &["-ar", "48000", "-ac", "1", "-c:a", "aac", "-b:a", "96k", "-use_editlist", "0"],
-        false,
-        1024.0 / 48_000.0,
-        48_000,
-        1,
-    ),
+    ("f48k_51.flac", &["-ar", "48000", "-af", DUP51, "-c:a", "flac"], true, 0.0, 48_000, 6),
+    ("m44k_st.mp3", &["-ar", "44100", "-ac", "2", "-c:a", "libmp3lame", "-b:a", "128k"], false, MP3_44, 44_100, 2),
+    ("m22k.mp3", &["-ar", "22050", "-ac", "1", "-c:a", "libmp3lame", "-b:a", "64k"], false, MP3_22, 22_050, 1),
+    ("m44k_noxing.mp3", &["-ar", "44100", "-c:a", "libmp3lame", "-write_xing", "0"], false, MP3_44, 44_100, 1),
+    ("v44k_st.ogg", &["-ar", "44100", "-ac", "2", "-c:a", "libvorbis", "-q:a", "4"], false, VORBIS_44, 44_100, 2),
+    ("v16k.ogg", &["-ar", "16000", "-ac", "1", "-c:a", "libvorbis", "-q:a", "4"], false, VORBIS_16, 16_000, 1),
+    ("o48k_st.opus", &["-ar", "48000", "-ac", "2", "-c:a", "libopus", "-b:a", "64k"], false, OPUS, 48_000, 2),
+    ("o16k.opus", &["-ar", "16000", "-ac", "1", "-c:a", "libopus", "-b:a", "32k"], false, OPUS, 48_000, 1),
+    ("o48k_51.opus", &["-ar", "48000", "-af", DUP51, "-c:a", "libopus", "-b:a", "256k"], false, OPUS, 48_000, 6),
+    ("o48k.webm", &["-ar", "48000", "-c:a", "libopus", "-b:a", "64k"], false, OPUS, 48_000, 1),
+    ("a44k_st.m4a", &["-ar", "44100", "-ac", "2", "-c:a", "aac", "-b:a", "128k"], false, AAC_44, 44_100, 2),
+    ("a22k.m4a", &["-ar", "22050", "-ac", "1", "-c:a", "aac", "-b:a", "64k"], false, AAC_22, 22_050, 1),
+    ("a44k.aac", &["-ar", "44100", "-c:a", "aac", "-b:a", "96k"], false, AAC_44, 44_100, 1),
+    ("a48k_noedit.m4a", &["-ar", "48000", "-c:a", "aac", "-use_editlist", "0"], false, AAC_48, 48_000, 1),
 ];
+
+// Longest codec frame in seconds (the duration tolerance for lossy codecs).
+const MP3_44: f64 = 1152.0 / 44_100.0;
+const MP3_22: f64 = 576.0 / 22_050.0;
+const VORBIS_44: f64 = 2048.0 / 44_100.0;
+const VORBIS_16: f64 = 2048.0 / 16_000.0;
+const OPUS: f64 = 0.02;
+const AAC_44: f64 = 1024.0 / 44_100.0;
+const AAC_22: f64 = 1024.0 / 22_050.0;
+const AAC_48: f64 = 1024.0 / 48_000.0;
 
 fn make() -> Fixtures {
     let dir = tempfile::tempdir().expect("temp dir");
