@@ -11,5 +11,7 @@ source scripts/env.sh
 cargo build --release -p osa-cli
 out="$ROOT/target/demo/portrait.mp4"
 mkdir -p "$(dirname "$out")"
-target/release/osa render --image "$OSA_SAMPLES/portrait.png" --audio "$OSA_SAMPLES/speech.wav" --out "$out" "$@"
+target/release/osa render --image "$OSA_SAMPLES/portrait.png" --audio "$OSA_SAMPLES/speech.wav" \
+  --face-detector "$OSA_WEIGHTS_DIR/face_detector.safetensors" --out "$out" "$@"
 echo "video: $out"
+ffprobe -v error -show_entries stream=codec_name,width,height,r_frame_rate,duration -of compact "$out" || true

@@ -1,13 +1,29 @@
-//! `osa render`: image + audio in, MP4 out, all stages in one process.
+//! `osa render`: image + audio in, MP4 out, every stage in one process (the
+//! embedded mode): audio decode, whisper features, reference preparation,
+//! one-step rolling generation clip by clip, VAE decode, H.264 + Opus into a
+//! faststart MP4.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use osa_media::{
+    frame::{Fps, RgbFrame, VideoSize},
+    output::{Mp4Render, OutputConfig},
+};
+use osa_model::{device::Placement, pipeline::Pipeline, preset::Preset, rolling::RollingState};
+use tch::Tensor;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Reference portrait (JPEG, PNG or WebP).
     #[arg(long)]
     image: PathBuf,
-    /// Speech or song (WAV, MP3, FLAC, Ogg, M4A).
+    /// Speech or song (WAV, MP3, FLAC, Ogg Vorbis/Opus, M4A).
     #[arg(long)]
     audio: PathBuf,
     /// Output MP4 path.
@@ -19,6 +35,24 @@ pub struct Args {
     /// Sampling steps per clip: 1 (real time), 2 or 4 (higher quality).
     #[arg(long, default_value_t = 1)]
     quality: u32,
+    /// Weights directory (see `osa weights`). Without it: the tiny preset
+    /// with seeded random weights, which runs everything for real but does
+    /// not make a real face.
+    #[arg(long, env = "OSA_WEIGHTS")]
+    weights: Option<PathBuf>,
+    /// MTCNN weights for the face crop when --weights has none (default:
+    /// $OSA_FACE_DETECTOR, else target/weights/face_detector.safetensors).
+    #[arg(long)]
+    face_detector: Option<PathBuf>,
+    /// Noise seed (the same seed and inputs give the same video).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Video bitrate in kbit/s (default: the encoder's choice for the size).
+    #[arg(long)]
+    bitrate_kbps: Option<u32>,
+    /// Longest audio accepted, in seconds.
+    #[arg(long, default_value_t = 600)]
+    max_audio_seconds: u64,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -27,16 +61,127 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             return super::usage("render", format!("{what} {}: no such file", path.display()));
         }
     }
-    if !matches!(args.fps, 24 | 25 | 30) {
+    let Ok(fps) = Fps::try_from(args.fps) else {
         return super::usage("render", format!("--fps {} is not one of 24, 25, 30", args.fps));
-    }
+    };
     if !matches!(args.quality, 1 | 2 | 4) {
         return super::usage("render", format!("--quality {} is not one of 1, 2, 4", args.quality));
     }
+    let image = match image::open(&args.image) {
+        Ok(i) => i.to_rgb8(),
+        Err(e) => return super::usage("render", format!("--image {}: {e}", args.image.display())),
+    };
+    let bytes = std::fs::read(&args.audio).with_context(|| args.audio.display().to_string())?;
+    let hint = args.audio.extension().and_then(|e| e.to_str());
+    let limits = osa_audio::DecodeLimits {
+        max_duration: std::time::Duration::from_secs(args.max_audio_seconds),
+    };
+    let audio = match osa_audio::decode_file(&bytes, hint, &limits) {
+        Ok(a) => a,
+        Err(e) => return super::usage("render", format!("--audio {}: {e}", args.audio.display())),
+    };
+
+    let started = Instant::now();
+    let pipe = load_pipeline(args)?;
+    let preset = pipe.preset().clone();
+    let avatar = pipe.prepare_avatar(&image)?;
+    if !avatar.reference.face_found {
+        eprintln!("osa render: no face found (or no face detector): using the whole image");
+    } else if avatar.faces.len() > 1 {
+        eprintln!("osa render: {} faces found; animating the largest", avatar.faces.len());
+    }
+
+    let seconds = audio.samples.len() as f64 / f64::from(audio.sample_rate());
+    let frames_total = ((seconds * f64::from(args.fps)).round() as i64).max(1);
+    let features = pipe.audio_features(&audio.samples, args.fps)?;
+    let clip_len = preset.frames;
+    let clips = (frames_total + clip_len - 1) / clip_len;
+    let features = pad_frames(&features, clips * clip_len);
+
+    let size = VideoSize::new(preset.width, preset.height)?;
+    let mut config = OutputConfig::new(size, fps);
+    if let Some(kbps) = args.bitrate_kbps {
+        config.video.bitrate_bps = kbps * 1000;
+    }
+    let mut mp4 = Mp4Render::new(config)?;
+    mp4.push_audio_f32(&audio.samples)?;
+
+    let bar = ProgressBar::new(clips as u64).with_style(
+        ProgressStyle::with_template("{spinner} clip {pos}/{len} [{bar:30}] {elapsed} (eta {eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let mut state = RollingState::new(args.seed, args.quality);
+    let mut frame_index = 0u64;
+    for clip in 0..clips {
+        let clip_audio = features.narrow(0, clip * clip_len, clip_len);
+        let out = pipe.generate_clip(&avatar, &state, &clip_audio)?;
+        let rgb = pipe.decode(&out.latents)?;
+        let real = (frames_total - clip * clip_len).min(clip_len);
+        for f in 0..real {
+            let data = Vec::<u8>::try_from(rgb.get(f).flatten(0, -1))?;
+            mp4.push_frame(&RgbFrame::new(preset.width, preset.height, &data)?, frame_index)?;
+            frame_index += 1;
+        }
+        state = out.next;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let bytes = mp4.finish()?;
+    write_atomically(&args.out, &bytes)?;
+    let took = started.elapsed().as_secs_f64();
     eprintln!(
-        "osa render: the embedded render path is not built yet (it needs the audio decoder \
-         and the video encoder; see the open issues). Nothing was written to {}.",
+        "osa render: {} frames ({seconds:.2} s at {} fps, {clips} clips of {clip_len}) in {took:.1} s \
+         (real-time factor {:.2}) -> {}",
+        frame_index,
+        args.fps,
+        took / seconds,
         args.out.display()
     );
-    Ok(ExitCode::from(3))
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_pipeline(args: &Args) -> anyhow::Result<Pipeline> {
+    let placement = Placement::auto();
+    if let Some(dir) = &args.weights {
+        let pipe = Pipeline::load(dir, placement)
+            .with_context(|| format!("loading weights from {}", dir.display()))?;
+        if osa_model::weights::read_manifest(dir)?.random {
+            eprintln!(
+                "osa render: note: {} holds random weights: no real face comes out",
+                dir.display()
+            );
+        }
+        return Ok(pipe);
+    }
+    eprintln!(
+        "osa render: note: no --weights given: the tiny preset with seeded random weights runs \
+         every stage for real, but random weights do not make a real face"
+    );
+    let detector = super::face_detector_path(args.face_detector.as_ref());
+    Ok(Pipeline::random(Preset::tiny(), 0, placement, detector.as_deref())?)
+}
+
+/// `features` [N, S, D] padded to `len` frames by repeating the last frame
+/// (the tail of the last clip is not shown).
+fn pad_frames(features: &Tensor, len: i64) -> Tensor {
+    let n = features.size()[0];
+    if n >= len {
+        return features.narrow(0, 0, len);
+    }
+    let last = features.narrow(0, n - 1, 1).expand([len - n, -1, -1], false);
+    Tensor::cat(&[features.shallow_clone(), last], 0)
+}
+
+/// Writes through a temporary file so a failed render leaves no half file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let tmp = dir.join(format!(
+        ".{}.partial",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out.mp4")
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| tmp.display().to_string())?;
+    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
+    Ok(())
 }
