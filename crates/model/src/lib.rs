@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod preset;
 pub mod rolling;
 pub mod scheduler;
+pub mod taesd;
 pub mod unet2d;
 pub mod unet3d;
 pub mod vae;
