@@ -3,8 +3,9 @@
 //! Pipeline: symphonia probes the container and demuxes the default audio
 //! track; packets go to symphonia's decoder, or to `opus-rs` for Opus; each
 //! decoded buffer is checked for NaN/Inf, averaged across channels and
-//! appended at the source rate; encoder delay is trimmed; finally
-//! [`crate::resample`] brings the signal to 16 kHz without a time shift.
+//! trimmed of encoder delay, and streamed through [`crate::resample`] to
+//! 16 kHz without a time shift. Only the 16 kHz result is ever held whole,
+//! so memory is bounded by the duration limit whatever the source rate.
 //!
 //! Encoder delay ("priming"), so lips do not lag the audio:
 //! - MP3: the LAME/Xing tag's delay and padding (+529 decoder delay) are
@@ -43,7 +44,8 @@ use symphonia::core::meta::MetadataOptions;
 
 use crate::mp4::find_audio_edit;
 use crate::opus::{OPUS_RATE, OpusHead, OpusPacketDecoder};
-use crate::{AudioError, TARGET_SAMPLE_RATE, resample};
+use crate::resample::StreamResampler;
+use crate::{AudioError, TARGET_SAMPLE_RATE};
 
 /// AAC-LC priming assumed when the file does not state it (see module docs).
 const AAC_DEFAULT_PRIMING: u64 = 1024;
@@ -115,22 +117,21 @@ pub fn decode_file(
                 detail: "the decoder failed on malformed data".to_owned(),
             })
         })?;
-    let source = decoded.mono;
-    let duration = frames_to_duration(source.len() as u64, decoded.rate);
-    let samples = resample::resample_to_16k(source, decoded.rate)?;
     Ok(DecodedAudio {
-        samples,
+        samples: decoded.samples,
         source_sample_rate: decoded.rate,
         source_channels: decoded.channels,
         codec: decoded.codec,
         container: decoded.container,
-        duration,
+        duration: frames_to_duration(decoded.frames, decoded.rate),
     })
 }
 
-/// Mono audio at the source rate, delay already trimmed.
+/// The decoded file, delay trimmed, at 16 kHz.
 struct SourceAudio {
-    mono: Vec<f32>,
+    samples: Vec<f32>,
+    /// Source frames kept (after delay and padding trims).
+    frames: u64,
     rate: u32,
     channels: usize,
     codec: String,
@@ -226,8 +227,11 @@ fn decode_source(
 
     let mut state = DecodeState {
         container: container.clone(),
+        resampler: None,
         mono: Vec::new(),
         interleaved: Vec::new(),
+        kept: 0,
+        keep,
         rate: 0,
         channels: 0,
         frames_in: 0,
@@ -288,20 +292,25 @@ fn decode_source(
             ))
         });
     }
-    let SourceAudio { mut mono, rate, channels, .. } = state.finish()?;
-    if let Some(keep) = keep {
-        mono.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
-    }
-    if mono.is_empty() {
+    if state.kept == 0 {
         return Err(AudioError::ZeroLength { container });
     }
-    Ok(SourceAudio { mono, rate, channels, codec, container })
+    let (rate, channels, frames) = (state.rate, state.channels, state.kept);
+    let samples = state.resampler.take().map(|r| r.finish()).transpose()?.unwrap_or_default();
+    Ok(SourceAudio { samples, frames, rate, channels, codec, container })
 }
 
 /// Accumulates decoded audio and turns symphonia errors into [`AudioError`]s.
 struct DecodeState {
     container: String,
+    /// Source rate -> 16 kHz, made when the first buffer tells the rate.
+    resampler: Option<StreamResampler>,
+    /// Scratch: the current packet downmixed.
     mono: Vec<f32>,
+    /// Source frames passed on to the resampler.
+    kept: u64,
+    /// Most source frames to pass on (the mp4 edit's length).
+    keep: Option<u64>,
     /// Scratch: the current packet's interleaved samples.
     interleaved: Vec<f32>,
     rate: u32,
@@ -326,6 +335,7 @@ impl DecodeState {
         }
         if self.rate == 0 {
             (self.rate, self.channels) = (rate, channels);
+            self.resampler = Some(StreamResampler::new(rate, TARGET_SAMPLE_RATE)?);
         } else if (self.rate, self.channels) != (rate, channels) {
             return Err(AudioError::UnsupportedStream {
                 detail: format!(
@@ -348,15 +358,23 @@ impl DecodeState {
         let skip = usize::try_from(self.skip_front).unwrap_or(usize::MAX).min(frames);
         self.skip_front -= skip as u64;
         self.frames_in += frames as u64;
+        let room = self.keep.map_or(u64::MAX, |k| k.saturating_sub(self.kept));
+        let take = usize::try_from(room).unwrap_or(usize::MAX).min(frames - skip);
         let scale = 1.0 / channels as f32;
+        self.mono.clear();
         self.mono.extend(
             self.interleaved
                 .chunks_exact(channels)
                 .skip(skip)
+                .take(take)
                 .map(|frame| frame.iter().sum::<f32>() * scale),
         );
+        self.kept += take as u64;
+        if let Some(resampler) = self.resampler.as_mut() {
+            resampler.push(&self.mono)?;
+        }
         let limit_frames = (self.max_duration.as_secs_f64() * f64::from(rate)).ceil() as u64;
-        if self.mono.len() as u64 > limit_frames {
+        if self.kept > limit_frames {
             return Err(AudioError::TooLong {
                 limit: self.max_duration,
                 found: self.position(),
@@ -364,16 +382,6 @@ impl DecodeState {
             });
         }
         Ok(())
-    }
-
-    fn finish(self) -> Result<SourceAudio, AudioError> {
-        Ok(SourceAudio {
-            mono: self.mono,
-            rate: self.rate,
-            channels: self.channels,
-            codec: String::new(),
-            container: self.container,
-        })
     }
 
     fn position(&self) -> Duration {

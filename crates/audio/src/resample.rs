@@ -14,7 +14,7 @@
 //! this with a click at a known time).
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
-use rubato::{Fft, FixedSync, Resampler, WindowFunction};
+use rubato::{Fft, FixedSync, Indexing, Resampler, WindowFunction};
 
 use crate::{AudioError, TARGET_SAMPLE_RATE};
 
@@ -33,28 +33,154 @@ pub fn resample_mono(samples: Vec<f32>, from: u32, to: u32) -> Result<Vec<f32>, 
     if from == to || samples.is_empty() {
         return Ok(samples);
     }
-    let internal = |e: &dyn std::fmt::Display| {
-        AudioError::Internal(format!("resampling {from} Hz -> {to} Hz failed: {e}"))
-    };
-    let (from_u, to_u) = (from as usize, to as usize);
-    let min_in = from_u / gcd(from_u, to_u);
-    // An even number of minimal blocks per FFT keeps the filter's centre on
-    // an output sample: with an odd count the latency is fractional (up to
-    // 0.7 of a 16 kHz sample seen) and cannot be trimmed exactly.
-    let blocks = CHUNK.div_ceil(min_in).div_ceil(2) * 2;
-    let mut resampler = Fft::<f32>::new_custom(
-        from_u,
-        to_u,
-        blocks * min_in,
-        1,
-        1,
-        WindowFunction::BlackmanHarris2,
-        FixedSync::Input,
-    )
-    .map_err(|e| internal(&e))?;
-    let input = InterleavedSlice::new(&samples, 1, samples.len()).map_err(|e| internal(&e))?;
-    let out = resampler.process_all(&input, samples.len(), None).map_err(|e| internal(&e))?;
-    Ok(out.take_data())
+    let mut stream = StreamResampler::new(from, to)?;
+    stream.push(&samples)?;
+    stream.finish()
+}
+
+/// Incremental form of [`resample_mono`]: feed input as it is decoded, so a
+/// whole file never exists at its source rate (a 10-minute 384 kHz file
+/// would be 900 MB of `f32`; at 16 kHz it is 38 MB). The output is the same
+/// as resampling the whole input at once: same blocks, same latency trim,
+/// same length `ceil(input * to / from)`.
+pub struct StreamResampler {
+    /// `None` when no rate change is needed.
+    fft: Option<Box<Fft<f32>>>,
+    from: u32,
+    to: u32,
+    /// Input not yet processed (less than one block after each `push`).
+    pending: Vec<f32>,
+    /// One block of output.
+    scratch: Vec<f32>,
+    out: Vec<f32>,
+    /// Input frames pushed so far.
+    fed: u64,
+    /// Leading output frames still to drop (the resampler's latency).
+    to_trim: usize,
+}
+
+impl std::fmt::Debug for StreamResampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamResampler")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("fed", &self.fed)
+            .field("out", &self.out.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamResampler {
+    /// A resampler from `from` Hz to `to` Hz, mono.
+    pub fn new(from: u32, to: u32) -> Result<Self, AudioError> {
+        let mut this = Self {
+            fft: None,
+            from,
+            to,
+            pending: Vec::new(),
+            scratch: Vec::new(),
+            out: Vec::new(),
+            fed: 0,
+            to_trim: 0,
+        };
+        if from != to {
+            let (from_u, to_u) = (from as usize, to as usize);
+            let min_in = from_u / gcd(from_u, to_u);
+            // An even number of minimal blocks per FFT keeps the filter's
+            // centre on an output sample: with an odd count the latency is
+            // fractional (up to 0.7 of a 16 kHz sample seen) and cannot be
+            // trimmed exactly.
+            let blocks = CHUNK.div_ceil(min_in).div_ceil(2) * 2;
+            let fft = Fft::<f32>::new_custom(
+                from_u,
+                to_u,
+                blocks * min_in,
+                1,
+                1,
+                WindowFunction::BlackmanHarris2,
+                FixedSync::Input,
+            )
+            .map_err(|e| this.internal(&e))?;
+            this.to_trim = fft.output_delay();
+            this.scratch = vec![0.0; fft.output_frames_max()];
+            this.pending.reserve(fft.input_frames_next());
+            this.fft = Some(Box::new(fft));
+        }
+        Ok(this)
+    }
+
+    /// Appends input samples; processes every complete block.
+    pub fn push(&mut self, samples: &[f32]) -> Result<(), AudioError> {
+        self.fed += samples.len() as u64;
+        let Some(block) = self.fft.as_ref().map(|f| f.input_frames_next()) else {
+            self.out.extend_from_slice(samples);
+            return Ok(());
+        };
+        let mut rest = samples;
+        while !rest.is_empty() {
+            let take = (block - self.pending.len()).min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() == block {
+                self.process_block(None)?;
+                self.pending.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Output produced so far (latency already trimmed).
+    pub fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Flushes the last partial block and the latency; returns exactly
+    /// `ceil(input * to / from)` samples.
+    pub fn finish(mut self) -> Result<Vec<f32>, AudioError> {
+        let Some(block) = self.fft.as_ref().map(|f| f.input_frames_next()) else {
+            return Ok(self.out);
+        };
+        let want = usize::try_from((self.fed * u64::from(self.to)).div_ceil(u64::from(self.from)))
+            .unwrap_or(usize::MAX);
+        if !self.pending.is_empty() {
+            let valid = self.pending.len();
+            self.pending.resize(block, 0.0);
+            self.process_block(Some(valid))?;
+        }
+        self.pending.clear();
+        self.pending.resize(block, 0.0);
+        while self.out.len() < want {
+            let before = self.out.len() + self.to_trim;
+            self.process_block(Some(0))?;
+            if self.out.len() + self.to_trim == before {
+                return Err(AudioError::Internal("resampler produced no output".into()));
+            }
+        }
+        self.out.truncate(want);
+        Ok(self.out)
+    }
+
+    fn process_block(&mut self, partial: Option<usize>) -> Result<(), AudioError> {
+        let fft = self.fft.as_mut().expect("process_block needs a resampler");
+        let len = self.pending.len();
+        let input = InterleavedSlice::new(&self.pending, 1, len)
+            .map_err(|e| AudioError::Internal(format!("resampler input: {e}")))?;
+        let scratch_len = self.scratch.len();
+        let mut output = InterleavedSlice::new_mut(&mut self.scratch, 1, scratch_len)
+            .map_err(|e| AudioError::Internal(format!("resampler output: {e}")))?;
+        let indexing = partial.map(|n| Indexing::new().partial_len(n));
+        let (_, produced) = fft
+            .process_into_buffer(&input, &mut output, indexing.as_ref())
+            .map_err(|e| AudioError::Internal(format!("resampler: {e}")))?;
+        let skip = self.to_trim.min(produced);
+        self.to_trim -= skip;
+        self.out.extend_from_slice(&self.scratch[skip..produced]);
+        Ok(())
+    }
+
+    fn internal(&self, e: &dyn std::fmt::Display) -> AudioError {
+        AudioError::Internal(format!("resampling {} Hz -> {} Hz failed: {e}", self.from, self.to))
+    }
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -85,6 +211,34 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
             assert!(err < 2e-3, "rate {rate}: max error {err}");
+        }
+    }
+
+    /// The streaming path equals rubato's own whole-clip `process_all`.
+    #[test]
+    fn streaming_equals_process_all() {
+        use rubato::audioadapter_buffers::direct::InterleavedSlice;
+        let x: Vec<f32> = (0..30_001).map(|i| ((i * 7919) % 2003) as f32 / 2003.0 - 0.5).collect();
+        for rate in [8_000u32, 22_050, 44_100, 48_000] {
+            let (from_u, min_in) = (rate as usize, rate as usize / gcd(rate as usize, 16_000));
+            let blocks = CHUNK.div_ceil(min_in).div_ceil(2) * 2;
+            let mut whole = Fft::<f32>::new_custom(
+                from_u,
+                16_000,
+                blocks * min_in,
+                1,
+                1,
+                WindowFunction::BlackmanHarris2,
+                FixedSync::Input,
+            )
+            .unwrap();
+            let input = InterleavedSlice::new(&x, 1, x.len()).unwrap();
+            let expected = whole.process_all(&input, x.len(), None).unwrap().take_data();
+            let mut stream = StreamResampler::new(rate, 16_000).unwrap();
+            for piece in x.chunks(777) {
+                stream.push(piece).unwrap();
+            }
+            assert_eq!(stream.finish().unwrap(), expected, "rate {rate}");
         }
     }
 
