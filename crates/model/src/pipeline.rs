@@ -19,7 +19,7 @@ use crate::{
     },
     face_locator::FaceLocator,
     preset::Preset,
-    rolling::{Clip, RollingConfig, RollingError, RollingSampler, RollingState},
+    rolling::{Clip, ClipStart, RollingConfig, RollingError, RollingSampler, RollingState},
     scheduler::{Ddim, NoiseGenerator, SchedulerConfig, guide_batched},
     unet2d::UNet2DConditionModel,
     unet3d::{UNet3DConditionModel, UNet3DInput},
@@ -60,6 +60,15 @@ pub struct Avatar {
     pub bank: Vec<Tensor>,
     /// Face-locator features [1, C0, h, w].
     pub face_features: Tensor,
+}
+
+/// One stream's share of a batched generation step.
+#[derive(Debug, Clone, Copy)]
+pub struct ClipJob<'a> {
+    pub avatar: &'a Avatar,
+    pub state: &'a RollingState,
+    /// The clip's audio features [F, S, D].
+    pub audio: &'a Tensor,
 }
 
 /// The models of one preset, on one device.
@@ -212,24 +221,50 @@ impl Pipeline {
         state: &RollingState,
         audio: &Tensor,
     ) -> Result<Clip, PipelineError> {
+        let mut clips = self.generate_clips(&[ClipJob { avatar, state, audio }])?;
+        Ok(clips.remove(0))
+    }
+
+    /// The next clip of several streams in one batch: each step is ONE call
+    /// of the denoising UNet on all streams (each with its own avatar,
+    /// reference bank, audio and noise). Every stream gets what
+    /// [`Self::generate_clip`] would give it alone. All jobs must use the
+    /// same step count.
+    pub fn generate_clips(&self, jobs: &[ClipJob<'_>]) -> Result<Vec<Clip>, PipelineError> {
         let _guard = tch::no_grad_guard();
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
         let frames = self.preset.frames;
-        let audio = self.check_clip_audio(audio)?;
         let device = self.placement.device;
-        let reference = (state.latents.is_none()).then_some(&avatar.latent);
-        let clip = self.sampler.next_clip(state, reference, |x, t| {
-            let timestep = Tensor::from(t).to_device(device);
+        let audio =
+            jobs.iter().map(|j| self.check_clip_audio(j.audio)).collect::<Result<Vec<_>, _>>()?;
+        let audio = Tensor::cat(&audio, 0);
+        let face =
+            Tensor::cat(&jobs.iter().map(|j| &j.avatar.face_features).collect::<Vec<_>>(), 0);
+        let bank: Vec<Tensor> = (0..jobs[0].avatar.bank.len())
+            .map(|i| Tensor::cat(&jobs.iter().map(|j| &j.avatar.bank[i]).collect::<Vec<_>>(), 0))
+            .collect();
+        let starts: Vec<ClipStart<'_>> = jobs
+            .iter()
+            .map(|j| ClipStart {
+                state: j.state,
+                reference: j.state.latents.is_none().then_some(&j.avatar.latent),
+            })
+            .collect();
+        let clips = self.sampler.next_clips(&starts, |x, t| {
+            let timestep = Tensor::from_slice(t).to_device(device);
             self.denoiser.forward(&UNet3DInput {
                 sample: x,
                 frames,
                 timestep: &timestep,
                 audio: Some(&audio),
-                face: Some(&avatar.face_features),
-                reference: Some(&avatar.bank),
+                face: Some(&face),
+                reference: Some(&bank),
                 plain_samples: 0,
             })
         })?;
-        Ok(clip)
+        Ok(clips)
     }
 
     /// The multi-step teacher (EchoMimic's sampler): DDIM over `steps`

@@ -289,6 +289,78 @@ impl RollingSampler {
     where
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let mut clips =
+            self.next_clips(&[ClipStart { state, reference }], |x, t| denoise(x, t[0]))?;
+        Ok(clips.remove(0))
+    }
+
+    /// [`Self::next_clip`] for several streams at once: each step calls
+    /// `denoise(x_t, t)` ONCE for all of them, with `x_t` the streams'
+    /// latents folded sample-major ([B*F, 4, h, w]) and `t` one timestep per
+    /// stream, and must return the model output in the same layout. Every
+    /// stream gets exactly what [`Self::next_clip`] would give it alone (its
+    /// own noise and schedule). All streams must use the same step count.
+    pub fn next_clips<E>(
+        &self,
+        starts: &[ClipStart<'_>],
+        mut denoise: impl FnMut(&Tensor, &[i64]) -> Result<Tensor, E>,
+    ) -> Result<Vec<Clip>, RollingError>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(first) = starts.first() else { return Ok(Vec::new()) };
+        let steps = first.state.steps;
+        if let Some(other) = starts.iter().find(|s| s.state.steps != steps) {
+            return Err(RollingError::Decode(format!(
+                "a batch mixes {steps} and {} steps per clip",
+                other.state.steps
+            )));
+        }
+        let shape = self.clip_shape();
+        let frames = shape[0];
+        let mut streams = starts
+            .iter()
+            .map(|s| self.start(s.state, s.reference))
+            .collect::<Result<Vec<_>, _>>()?;
+        for i in 0..steps as usize {
+            let xs: Vec<&Tensor> = streams.iter().map(|s| &s.x).collect();
+            let ts: Vec<i64> = streams.iter().map(|s| s.lcm.timesteps()[i]).collect();
+            let x = if xs.len() == 1 { xs[0].shallow_clone() } else { Tensor::cat(&xs, 0) };
+            let v = denoise(&x, &ts).map_err(|e| RollingError::Denoiser(e.into()))?;
+            let want = [frames * streams.len() as i64, shape[1], shape[2], shape[3]];
+            check(&v, "denoiser output", &want)?;
+            for (b, s) in streams.iter_mut().enumerate() {
+                let v = v.narrow(0, b as i64 * frames, frames);
+                let step = s.lcm.step(i, &v, &s.x, &mut s.rng)?;
+                s.x = step.prev_sample;
+                s.denoised = Some(step.denoised);
+            }
+        }
+        Ok(starts
+            .iter()
+            .zip(streams)
+            .map(|(start, s)| {
+                let latents = s.denoised.unwrap_or(s.x);
+                let state = start.state;
+                let next = RollingState {
+                    clip_index: state.clip_index + 1,
+                    seed: state.seed,
+                    steps: state.steps,
+                    // Rounded to fp16 now so the in-memory and serialised
+                    // states continue identically.
+                    latents: Some(latents.to_kind(Kind::Half)),
+                };
+                Clip { latents, next }
+            })
+            .collect())
+    }
+
+    /// One stream's schedule, noise generator and starting x_t.
+    fn start(
+        &self,
+        state: &RollingState,
+        reference: Option<&Tensor>,
+    ) -> Result<StreamStep, RollingError> {
         let shape = self.clip_shape();
         let (device, kind) = (self.cfg.device, self.cfg.kind);
         let start = match (&state.latents, reference) {
@@ -306,29 +378,28 @@ impl RollingSampler {
         let lcm = self.schedule(state.steps as usize, start.is_some())?;
         let mut rng = NoiseGenerator::for_stream(state.seed, state.clip_index);
         let noise = rng.randn(&shape, kind, device);
-        let mut x = match &start {
+        let x = match &start {
             Some(x0) => lcm.schedule().add_noise(x0, &noise, lcm.timesteps()[0])?,
             None => noise,
         };
-        let mut denoised = None;
-        for (i, &t) in lcm.timesteps().iter().enumerate() {
-            let v = denoise(&x, t).map_err(|e| RollingError::Denoiser(e.into()))?;
-            check(&v, "denoiser output", &shape)?;
-            let step = lcm.step(i, &v, &x, &mut rng)?;
-            x = step.prev_sample;
-            denoised = Some(step.denoised);
-        }
-        let latents = denoised.unwrap_or(x);
-        let next = RollingState {
-            clip_index: state.clip_index + 1,
-            seed: state.seed,
-            steps: state.steps,
-            // Rounded to fp16 now so the in-memory and serialised states
-            // continue identically.
-            latents: Some(latents.to_kind(Kind::Half)),
-        };
-        Ok(Clip { latents, next })
+        Ok(StreamStep { lcm, rng, x, denoised: None })
     }
+}
+
+/// Where one stream's next clip starts (see [`RollingSampler::next_clips`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClipStart<'a> {
+    pub state: &'a RollingState,
+    /// The reference latent, used by clip 0 (see [`RollingSampler::next_clip`]).
+    pub reference: Option<&'a Tensor>,
+}
+
+/// A stream in flight inside [`RollingSampler::next_clips`].
+struct StreamStep {
+    lcm: Lcm,
+    rng: NoiseGenerator,
+    x: Tensor,
+    denoised: Option<Tensor>,
 }
 
 fn check(t: &Tensor, what: &'static str, want: &[i64]) -> Result<(), RollingError> {

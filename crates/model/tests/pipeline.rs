@@ -137,3 +137,42 @@ fn the_teacher_runs_guided_ddim_and_the_guidance_matters() {
     assert!(!a.equal(&unguided), "guidance changes the result");
     assert!(pipe.generate_clip_teacher(&avatar, &audio, 0, 2.5, 9).is_err());
 }
+
+#[test]
+fn a_batch_of_two_streams_equals_each_stream_alone() {
+    use osa_model::pipeline::ClipJob;
+    let preset = Preset::tiny();
+    let pipe = Pipeline::random(preset.clone(), 4, Placement::cpu(), None).unwrap();
+    let img = portrait();
+    let a = pipe.prepare_avatar(&img).unwrap();
+    let flipped = image::imageops::flip_horizontal(&img);
+    let b = pipe.prepare_avatar(&flipped).unwrap();
+    let shape = [preset.frames, 50, preset.audio_encoder.n_state];
+    let audio_a = Tensor::randn(shape, (Kind::Float, tch::Device::Cpu));
+    let audio_b = Tensor::randn(shape, (Kind::Float, tch::Device::Cpu));
+    // Stream a is at clip 0 (starts from its reference), stream b at clip 1
+    // (starts from its previous latents): different timesteps in one batch.
+    let sa = RollingState::new(1, 1);
+    let sb0 = RollingState::new(2, 1);
+    let sb = pipe.generate_clip(&b, &sb0, &audio_b).unwrap().next;
+    let alone_a = pipe.generate_clip(&a, &sa, &audio_a).unwrap();
+    let alone_b = pipe.generate_clip(&b, &sb, &audio_b).unwrap();
+    let both = pipe
+        .generate_clips(&[
+            ClipJob { avatar: &a, state: &sa, audio: &audio_a },
+            ClipJob { avatar: &b, state: &sb, audio: &audio_b },
+        ])
+        .unwrap();
+    common::assert_close("stream a batched", &both[0].latents, &alone_a.latents, 1e-5);
+    common::assert_close("stream b batched", &both[1].latents, &alone_b.latents, 1e-5);
+    assert!(!both[0].latents.allclose(&both[1].latents, 1e-3, 1e-3, false));
+    assert_eq!(both[1].next.clip_index, 2);
+    let mixed = RollingState::new(3, 2);
+    let err = pipe
+        .generate_clips(&[
+            ClipJob { avatar: &a, state: &sa, audio: &audio_a },
+            ClipJob { avatar: &b, state: &mixed, audio: &audio_b },
+        ])
+        .unwrap_err();
+    assert!(err.to_string().contains("mixes"), "{err}");
+}
