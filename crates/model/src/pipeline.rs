@@ -341,3 +341,97 @@ impl Pipeline {
             .to_device(Device::Cpu))
     }
 }
+
+/// Magic of [`Avatar::to_bytes`].
+const AVATAR_MAGIC: &[u8; 5] = b"OSAA1";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AvatarHeader {
+    faces: Vec<([f32; 4], f32, [[f32; 2]; 5])>,
+    crop_box: [u32; 4],
+    face_found: bool,
+    size: u32,
+}
+
+impl Avatar {
+    /// Serialises the avatar (so another replica can load it instead of
+    /// recomputing): magic, a JSON header (faces, crop box), then the crop,
+    /// mask, latent, bank and face features in libtorch's tensor archive.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, PipelineError> {
+        let (w, h) = self.reference.crop.dimensions();
+        let header = AvatarHeader {
+            faces: self.faces.iter().map(|f| (f.bbox, f.probability, f.landmarks)).collect(),
+            crop_box: self.reference.crop_box,
+            face_found: self.reference.face_found,
+            size: w,
+        };
+        let header =
+            serde_json::to_vec(&header).map_err(|e| PipelineError::Input(e.to_string()))?;
+        let mut out = Vec::with_capacity(64 + header.len());
+        out.extend_from_slice(AVATAR_MAGIC);
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        let hw = [i64::from(h), i64::from(w)];
+        let crop = Tensor::from_slice(self.reference.crop.as_raw()).view([hw[0], hw[1], 3]);
+        let mask = Tensor::from_slice(self.reference.mask.as_raw()).view(hw);
+        let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+        let mut named: Vec<(String, Tensor)> = vec![
+            ("crop".into(), crop),
+            ("mask".into(), mask),
+            ("latent".into(), cpu(&self.latent)),
+            ("face_features".into(), cpu(&self.face_features)),
+        ];
+        named.extend(self.bank.iter().enumerate().map(|(i, t)| (format!("bank.{i}"), cpu(t))));
+        Tensor::save_multi_to_stream(&named, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads [`Avatar::to_bytes`], placing the tensors on `placement`.
+    pub fn from_bytes(bytes: &[u8], placement: Placement) -> Result<Self, PipelineError> {
+        let bad = |m: String| PipelineError::Input(format!("avatar bytes: {m}"));
+        if bytes.len() < 9 || &bytes[..5] != AVATAR_MAGIC {
+            return Err(bad("not an osa avatar".into()));
+        }
+        let len = u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) as usize;
+        let body = bytes.get(9..9 + len).ok_or_else(|| bad("truncated header".into()))?;
+        let header: AvatarHeader = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+        let mut tensors: std::collections::HashMap<String, Tensor> =
+            Tensor::load_multi_from_stream(std::io::Cursor::new(&bytes[9 + len..]))?
+                .into_iter()
+                .collect();
+        let mut take = |name: &str| tensors.remove(name).ok_or_else(|| bad(format!("no {name}")));
+        let size = header.size;
+        let crop =
+            RgbImage::from_raw(size, size, Vec::<u8>::try_from(take("crop")?.flatten(0, -1))?)
+                .ok_or_else(|| bad("crop size".into()))?;
+        let mask = image::GrayImage::from_raw(
+            size,
+            size,
+            Vec::<u8>::try_from(take("mask")?.flatten(0, -1))?,
+        )
+        .ok_or_else(|| bad("mask size".into()))?;
+        let place = |t: Tensor| t.to_device(placement.device).to_kind(placement.kind);
+        let latent = place(take("latent")?);
+        let face_features = place(take("face_features")?);
+        let mut bank = Vec::new();
+        while let Ok(t) = take(&format!("bank.{}", bank.len())) {
+            bank.push(place(t));
+        }
+        Ok(Self {
+            faces: header
+                .faces
+                .into_iter()
+                .map(|(bbox, probability, landmarks)| Face { bbox, probability, landmarks })
+                .collect(),
+            reference: PreparedReference {
+                crop,
+                mask,
+                crop_box: header.crop_box,
+                face_found: header.face_found,
+            },
+            latent,
+            bank,
+            face_features,
+        })
+    }
+}

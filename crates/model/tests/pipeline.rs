@@ -176,3 +176,32 @@ fn a_batch_of_two_streams_equals_each_stream_alone() {
         .unwrap_err();
     assert!(err.to_string().contains("mixes"), "{err}");
 }
+
+#[test]
+fn an_avatar_survives_serialisation() {
+    let preset = Preset::tiny();
+    let detector = common::fixture("mtcnn.py", "mtcnn", &[]).weights;
+    let pipe = Pipeline::random(preset.clone(), 4, Placement::cpu(), Some(&detector)).unwrap();
+    let a = pipe.prepare_avatar(&portrait()).unwrap();
+    let bytes = a.to_bytes().unwrap();
+    let b = osa_model::pipeline::Avatar::from_bytes(&bytes, Placement::cpu()).unwrap();
+    assert_eq!(a.faces, b.faces);
+    assert_eq!(a.reference.crop_box, b.reference.crop_box);
+    assert_eq!(a.reference.crop, b.reference.crop);
+    assert!(a.latent.equal(&b.latent) && a.face_features.equal(&b.face_features));
+    assert_eq!(a.bank.len(), b.bank.len());
+    assert!(a.bank.iter().zip(&b.bank).all(|(x, y)| x.equal(y)));
+    let audio = Tensor::randn(
+        [preset.frames, 50, preset.audio_encoder.n_state],
+        (Kind::Float, tch::Device::Cpu),
+    );
+    let s = RollingState::new(1, 1);
+    let x = pipe.generate_clip(&a, &s, &audio).unwrap();
+    let y = pipe.generate_clip(&b, &s, &audio).unwrap();
+    assert!(x.latents.equal(&y.latents));
+    assert!(
+        osa_model::pipeline::Avatar::from_bytes(&bytes[..bytes.len() / 2], Placement::cpu())
+            .is_err()
+    );
+    assert!(osa_model::pipeline::Avatar::from_bytes(b"garbage", Placement::cpu()).is_err());
+}
