@@ -139,6 +139,9 @@ def read_whisper(path, unsafe):
     if not_decoder:
         sys.exit(f"error: {path}: entries neither encoder.* nor decoder.*: {not_decoder[:8]}")
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in encoder.values()})
+    extra = sorted(str(k) for k in obj if k not in ("dims", "model_state_dict"))
+    if extra:
+        print(f"audio_encoder: top-level entries of {os.path.basename(path)} not used: {extra}")
     return encoder, len(others), obj.get("dims"), dtypes
 
 
@@ -154,9 +157,11 @@ def read_mtcnn(data_dir):
 
 
 def cast(state, dtype):
-    """Contiguous copies in the output dtype (`keep`: the stored one);
-    integer buffers are kept as they are."""
+    """Tensors in the output dtype (`keep`: the stored one; integer buffers
+    as they are), each contiguous and owning its storage as safetensors
+    requires. Copies only where needed: the UNets are gigabytes."""
     out = OrderedDict()
+    seen = set()
     for key, value in state.items():
         value = value.detach()
         if value.is_floating_point():
@@ -164,7 +169,12 @@ def cast(state, dtype):
                 value = value.float()
             elif dtype == "fp16":
                 value = value.half()
-        out[key] = value.contiguous().clone()
+        value = value.contiguous()
+        storage = value.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != value.numel() * value.element_size():
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        out[key] = value
     return out
 
 
@@ -202,26 +212,21 @@ def main():
     a = p.parse_args()
 
     os.makedirs(a.out, exist_ok=True)
+    # A half-converted directory must not look complete: config.json is
+    # written last.
+    manifest_path = os.path.join(a.out, "config.json")
+    if os.path.exists(manifest_path):
+        os.remove(manifest_path)
     sources = []
 
-    denoising = tensors_of(load_pickle(a.denoising_unet, a.unsafe_pickle), a.denoising_unet)
-    motion = tensors_of(load_pickle(a.motion_module, a.unsafe_pickle), a.motion_module)
-    overridden = [k for k in motion if k in denoising]
-    merged = OrderedDict(denoising)
-    merged.update(motion)
-    src = f"{describe(a.denoising_unet)} + {describe(a.motion_module)}"
-    write(a.out, "denoising_unet.safetensors", merged, a.dtype, src)
-    if overridden:
-        print(f"denoising_unet: {len(overridden)} entries of {os.path.basename(a.denoising_unet)} "
-              f"overridden by {os.path.basename(a.motion_module)}, e.g. {overridden[0]}")
-    sources.append(f"denoising_unet: {src} ({len(motion)} motion entries, {len(overridden)} overriding)")
-    del denoising, motion, merged
-
-    for name, path in (("reference_unet", a.reference_unet), ("face_locator", a.face_locator)):
-        state = tensors_of(load_pickle(path, a.unsafe_pickle), path)
-        write(a.out, f"{name}.safetensors", state, a.dtype, describe(path))
-        sources.append(f"{name}: {describe(path)}")
-        del state
+    # Small inputs first, so a refused pickle or a wrong file stops the
+    # conversion before the multi-GB UNets are read.
+    encoder, dropped, dims, dtypes = read_whisper(a.whisper, a.unsafe_pickle)
+    write(a.out, "audio_encoder.safetensors", encoder, a.dtype, describe(a.whisper))
+    print(f"audio_encoder: {dropped} decoder entries left out; stored {'/'.join(dtypes)}")
+    sources.append(f"audio_encoder: {describe(a.whisper)} encoder.* ({'/'.join(dtypes)} stored, "
+                   f"{dropped} decoder entries left out; dims {json.dumps(dims, sort_keys=True, default=str)})")
+    del encoder
 
     vae_file, vae, renamed = read_vae(a.vae, a.unsafe_pickle)
     src = describe(vae_file) if os.path.isfile(a.vae) else f"{describe(a.vae)}{describe(vae_file)}"
@@ -229,16 +234,33 @@ def main():
     sources.append(f"vae: {src}" + (f" ({renamed} legacy attention names renamed)" if renamed else ""))
     del vae
 
-    encoder, dropped, dims, dtypes = read_whisper(a.whisper, a.unsafe_pickle)
-    write(a.out, "audio_encoder.safetensors", encoder, a.dtype, describe(a.whisper))
-    print(f"audio_encoder: {dropped} decoder entries left out; stored {'/'.join(dtypes)}")
-    sources.append(f"audio_encoder: {describe(a.whisper)} encoder.* ({'/'.join(dtypes)} stored, "
-                   f"{dropped} decoder entries left out; dims {json.dumps(dims, sort_keys=True)})")
-
+    detector = os.path.join(a.out, "face_detector.safetensors")
     if a.mtcnn_data_dir:
         write(a.out, "face_detector.safetensors", read_mtcnn(a.mtcnn_data_dir), "fp32",
               "facenet-pytorch data/{pnet,rnet,onet}.pt")
         sources.append("face_detector: facenet-pytorch pnet.pt, rnet.pt, onet.pt")
+    elif os.path.exists(detector):
+        print("note: face_detector.safetensors already in the output folder: kept as it is")
+
+    for name, path in (("face_locator", a.face_locator), ("reference_unet", a.reference_unet)):
+        state = tensors_of(load_pickle(path, a.unsafe_pickle), path)
+        write(a.out, f"{name}.safetensors", state, a.dtype, describe(path))
+        sources.append(f"{name}: {describe(path)}")
+        del state
+
+    denoising = tensors_of(load_pickle(a.denoising_unet, a.unsafe_pickle), a.denoising_unet)
+    motion = tensors_of(load_pickle(a.motion_module, a.unsafe_pickle), a.motion_module)
+    overridden = [k for k in motion if k in denoising]
+    merged = OrderedDict(denoising)
+    merged.update(motion)
+    del denoising
+    src = f"{describe(a.denoising_unet)} + {describe(a.motion_module)}"
+    write(a.out, "denoising_unet.safetensors", merged, a.dtype, src)
+    if overridden:
+        print(f"denoising_unet: {len(overridden)} entries of {os.path.basename(a.denoising_unet)} "
+              f"overridden by {os.path.basename(a.motion_module)}, e.g. {overridden[0]}")
+    sources.append(f"denoising_unet: {src} ({len(motion)} motion entries, {len(overridden)} overriding)")
+    del motion, merged
 
     loaders = sorted({v for v in LOADERS.values()})
     manifest = {
@@ -248,7 +270,7 @@ def main():
         "source": "EchoMimic v1 checkpoints converted by osa (dtype " + a.dtype + "): "
         + "; ".join(sources) + "; read with " + ", ".join(loaders),
     }
-    with open(os.path.join(a.out, "config.json"), "w") as f:
+    with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")
     print(f"wrote {a.out}/config.json")

@@ -14,7 +14,7 @@ use std::{
 };
 
 use osa_model::{
-    convert::{self, ConvertError, ConvertInputs, ValidationReport},
+    convert::{self, ConvertError, ConvertInputs, OutputDtype, ValidationReport},
     device::Placement,
     pipeline::Pipeline,
     preset::Preset,
@@ -164,6 +164,11 @@ fn broken_checkpoints_are_reported_by_key_name() {
     // The other VAE spelling: a diffusers-named safetensors file.
     inp.vae = c.seeded.join("vae.safetensors");
     inp.mtcnn_data_dir = Some(PathBuf::from(&c.keys["facenet_data"]));
+    // Stored dtypes kept (whisper fp16), and a pickle only a full unpickle
+    // reads.
+    inp.dtype = OutputDtype::Keep;
+    inp.whisper = c.ckpt.join("broken/tiny_unsafe.pt");
+    inp.unsafe_pickle = true;
     let report = convert::convert(&inp, &out).unwrap();
     eprintln!("{report}");
     assert!(!report.is_ok());
@@ -183,6 +188,13 @@ fn broken_checkpoints_are_reported_by_key_name() {
         assert!(comp.problems().is_empty(), "{name}: {:?}", comp.problems());
         assert_eq!(comp.loaded, comp.variables, "{name}");
     }
+
+    assert_eq!(component(&report, "audio_encoder").dtypes.keys().collect::<Vec<_>>(), ["F16"]);
+    assert_eq!(component(&report, "face_detector").dtypes.keys().collect::<Vec<_>>(), ["F32"]);
+    let source = &report.manifest.as_ref().unwrap().source;
+    assert!(source.contains("weights_only=False (--unsafe-pickle)"), "{source}");
+    assert!(source.contains("face_detector: facenet-pytorch"), "{source}");
+    assert!(report.script_output.contains("not used: ['saved']"), "{}", report.script_output);
 
     // Motion entries override the denoising UNet's (7.0 there).
     let key = &c.keys["overridden"];
@@ -230,10 +242,11 @@ fn bad_inputs_are_errors_naming_the_input() {
     let err = convert::convert(&inp, &out_dir("bad")).unwrap_err();
     assert!(matches!(err, ConvertError::MissingInput { input: "whisper", .. }), "{err}");
 
-    // A pickle that is no whisper checkpoint: the script says so.
-    inp.whisper = c.ckpt.join("face_locator.pth");
+    // A pickle a weights-only load refuses needs the explicit flag.
+    inp.whisper = c.ckpt.join("broken/tiny_unsafe.pt");
     let err = convert::convert(&inp, &out_dir("bad")).unwrap_err().to_string();
-    assert!(err.contains("not a whisper checkpoint"), "{err}");
+    assert!(err.contains("tiny_unsafe.pt: a weights-only load was refused"), "{err}");
+    assert!(err.contains("--unsafe-pickle"), "{err}");
 }
 
 #[test]

@@ -17,10 +17,13 @@ And a broken set under OUT/broken/:
 - denoising_unet.pth with one entry removed (printed as `removed=KEY`), one
   extra entry `extra.weight`, and one motion entry holding 7.0 everywhere
   (motion_module.pth must override it: `overridden=KEY`);
-- face_locator.pth with one tensor of the wrong shape (`reshaped=KEY`).
+- face_locator.pth with one tensor of the wrong shape (`reshaped=KEY`);
+- tiny_unsafe.pt: tiny.pt plus a `datetime.date`, which a weights-only
+  load refuses.
 It also prints `facenet_data=DIR`, facenet-pytorch's pnet/rnet/onet folder.
 """
 import argparse
+import datetime
 import os
 from collections import OrderedDict
 
@@ -87,6 +90,9 @@ def main():
     state["decoder.token_embedding.weight"] = torch.randn(16, n_state).half()
     state["decoder.ln.weight"] = torch.ones(n_state).half()
     torch.save({"dims": dims, "model_state_dict": state}, os.path.join(a.out, "tiny.pt"))
+    # A value torch.load(weights_only=True) refuses: needs --unsafe-pickle.
+    unsafe = {"dims": dims, "model_state_dict": state, "saved": datetime.date(2024, 1, 1)}
+    torch.save(unsafe, os.path.join(a.out, "broken", "tiny_unsafe.pt"))
 
     # The broken set.
     removed = sorted(plain)[len(plain) // 2]
