@@ -133,3 +133,37 @@ fn pcm16_wav(rate: u32, samples: &[i16]) -> Vec<u8> {
     v.extend_from_slice(&data);
     v
 }
+
+/// The hint only speeds up probing: a wrong one does not stop a file from
+/// decoding by its content.
+#[test]
+fn a_wrong_hint_does_not_matter() {
+    let fixtures = common::fixtures();
+    for (name, hint) in
+        [("f16k.flac", "mp3"), ("ref16k.wav", "audio/ogg"), ("o48k_st.opus", ".M4A")]
+    {
+        let fx = fixtures.files.iter().find(|f| f.name == name).unwrap();
+        let out = decode_file(&fx.bytes, Some(hint), &DecodeLimits::default())
+            .unwrap_or_else(|e| panic!("{name} with hint {hint}: {e}"));
+        assert!(out.duration.as_secs_f64() > 6.9, "{name}");
+    }
+}
+
+/// Optional loudness normalisation on real speech reaches its target.
+#[test]
+fn loudness_normalisation_on_speech() {
+    let fixtures = common::fixtures();
+    let mut quiet: Vec<f32> = fixtures.reference.iter().map(|s| s * 0.2).collect();
+    let cfg = osa_audio::LoudnessConfig::default();
+    let first = osa_audio::normalize_loudness(&mut quiet, 16_000, &cfg).unwrap();
+    let before = first.measured_lufs.expect("speech has a loudness");
+    assert!(first.gain_db > 5.0, "{first:?}");
+    let second = osa_audio::normalize_loudness(&mut quiet, 16_000, &cfg).unwrap();
+    let after = second.measured_lufs.unwrap();
+    assert!(
+        (after - cfg.target_lufs).abs() < 0.5,
+        "before {before:.2} LUFS, after {after:.2} LUFS"
+    );
+    let peak = quiet.iter().fold(0f32, |m, s| m.max(s.abs()));
+    assert!(peak <= cfg.peak_ceiling + 1e-4, "peak {peak}");
+}
