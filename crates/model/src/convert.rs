@@ -112,6 +112,24 @@ pub struct ConvertInputs {
 }
 
 impl ConvertInputs {
+    /// The files of EchoMimic's `pretrained_weights/` folder `dir`:
+    /// `denoising_unet.pth`, `motion_module.pth` (with `acc`: the
+    /// accelerated `denoising_unet_acc.pth`, `motion_module_acc.pth`),
+    /// `reference_unet.pth`, `face_locator.pth`, `sd-vae-ft-mse/` and
+    /// `audio_processor/whisper_tiny.pt`; other fields as [`Self::new`].
+    pub fn from_pretrained_weights(dir: &Path, acc: bool, preset: Preset) -> Self {
+        let suffix = if acc { "_acc" } else { "" };
+        Self::new(
+            dir.join(format!("denoising_unet{suffix}.pth")),
+            dir.join(format!("motion_module{suffix}.pth")),
+            dir.join("reference_unet.pth"),
+            dir.join("face_locator.pth"),
+            dir.join("sd-vae-ft-mse"),
+            dir.join("audio_processor/whisper_tiny.pt"),
+            preset,
+        )
+    }
+
     /// Inputs with the defaults: fp32, no face detector, weights-only
     /// pickles, the default python and the embedded script.
     #[allow(clippy::too_many_arguments)]
@@ -436,13 +454,21 @@ fn validate_component(component: &'static str, path: &Path, preset: &Preset) -> 
     };
     r.tensors = header.len();
     let mut file: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut origin: HashMap<String, String> = HashMap::new();
     for (key, (dtype, shape)) in header {
         *r.dtypes.entry(dtype).or_default() += 1;
         let name = match component {
             "vae" => crate::vae::legacy_key_rename(&key).inspect(|_| r.renamed += 1),
             _ => None,
         };
-        file.insert(name.unwrap_or(key), shape);
+        let target = name.unwrap_or_else(|| key.clone());
+        if let Some(other) = origin.get(&target) {
+            // Both spellings of one VAE key: the loader would keep either.
+            r.unexpected.push(format!("{key} (stored twice: also as {other})"));
+        } else {
+            origin.insert(target.clone(), key);
+            file.insert(target, shape);
+        }
     }
     let variables: BTreeMap<String, Vec<i64>> =
         vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
@@ -458,7 +484,7 @@ fn validate_component(component: &'static str, path: &Path, preset: &Preset) -> 
             Some(_) => {}
         }
     }
-    r.unexpected = file.into_keys().filter(|k| !variables.contains_key(k)).collect();
+    r.unexpected.extend(file.into_keys().filter(|k| !variables.contains_key(k)));
     r.unexpected.sort();
     if !r.missing.is_empty() || !r.shape_mismatches.is_empty() {
         return r;

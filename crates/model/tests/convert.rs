@@ -65,16 +65,12 @@ fn checkpoints() -> &'static Checkpoints {
 }
 
 fn inputs(c: &Checkpoints, broken: bool) -> ConvertInputs {
-    let dir = if broken { c.ckpt.join("broken") } else { c.ckpt.clone() };
-    ConvertInputs::new(
-        dir.join("denoising_unet.pth"),
-        c.ckpt.join("motion_module.pth"),
-        c.ckpt.join("reference_unet.pth"),
-        dir.join("face_locator.pth"),
-        c.ckpt.join("sd-vae-ft-mse"),
-        c.ckpt.join("tiny.pt"),
-        Preset::tiny(),
-    )
+    let mut inputs = ConvertInputs::from_pretrained_weights(&c.ckpt, false, Preset::tiny());
+    if broken {
+        inputs.denoising_unet = c.ckpt.join("broken/denoising_unet.pth");
+        inputs.face_locator = c.ckpt.join("broken/face_locator.pth");
+    }
+    inputs
 }
 
 fn out_dir(name: &str) -> PathBuf {
@@ -116,7 +112,7 @@ fn converted_checkpoints_load_and_match_the_seeded_weights() {
         "denoising_unet.pth (",
         "motion_module.pth (",
         "diffusion_pytorch_model.bin (",
-        "tiny.pt (",
+        "whisper_tiny.pt (",
     ] {
         assert!(manifest.source.contains(needle), "{needle} not in {}", manifest.source);
     }
@@ -222,6 +218,41 @@ fn validate_names_missing_files_and_a_wrong_preset() {
     let report = convert::validate(&dir, &Preset::tiny()).unwrap();
     assert!(report.is_ok(), "{report}");
     assert!(report.manifest.unwrap().random);
+
+    // The VAE under legacy names loads (renamed); with both spellings of a
+    // key, the second tensor is named. A NaN is named.
+    let vae_path = dir.join("vae.safetensors");
+    let vae = common::read(&vae_path);
+    let legacy: Vec<(String, tch::Tensor)> = vae
+        .iter()
+        .map(|(k, t)| {
+            (k.replace(".to_q.", ".query.").replace(".to_out.0.", ".proj_attn."), t.copy())
+        })
+        .collect();
+    tch::Tensor::write_safetensors(&legacy, &vae_path).unwrap();
+    let report = convert::validate(&dir, &Preset::tiny()).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(component(&report, "vae").renamed, 8);
+    let key = "decoder.mid_block.attentions.0.to_q.weight";
+    let mut both = legacy;
+    both.push((key.into(), vae[key].copy()));
+    tch::Tensor::write_safetensors(&both, &vae_path).unwrap();
+    let fl_path = dir.join("face_locator.safetensors");
+    let mut fl = common::read(&fl_path);
+    let nan_key = "conv_in.bias";
+    let _ = fl.get_mut(nan_key).unwrap().fill_(f64::NAN);
+    let fl: Vec<(String, tch::Tensor)> = fl.into_iter().collect();
+    tch::Tensor::write_safetensors(&fl, &fl_path).unwrap();
+    let problems = convert::validate(&dir, &Preset::tiny()).unwrap().problems();
+    assert_eq!(
+        problems,
+        [
+            "vae: unexpected key decoder.mid_block.attentions.0.to_q.weight \
+             (stored twice: also as decoder.mid_block.attentions.0.query.weight)",
+            "face_locator: non-finite values in conv_in.bias",
+        ]
+    );
+    weights::init_random(&Preset::tiny(), 3, &dir, None).unwrap();
 
     std::fs::remove_file(dir.join("audio_encoder.safetensors")).unwrap();
     let mut manifest = weights::read_manifest(&dir).unwrap();

@@ -2,7 +2,8 @@
 
 Reads a weights directory of seeded random weights written by
 `osa_model::weights::init_random` (--seeded DIR, diffusers key names) and
-re-saves it the way EchoMimic's release ships it (--out DIR):
+re-saves it the way EchoMimic's release ships it (--out DIR, laid out as its
+`pretrained_weights/` folder):
 
 - denoising_unet.pth: the denoising UNet WITHOUT motion-module entries, an
   OrderedDict carrying `_metadata` like `model.state_dict()`;
@@ -10,7 +11,7 @@ re-saves it the way EchoMimic's release ships it (--out DIR):
 - reference_unet.pth, face_locator.pth: state dicts;
 - sd-vae-ft-mse/diffusion_pytorch_model.bin: the VAE with the LEGACY
   mid-block attention names (query/key/value/proj_attn);
-- tiny.pt: openai-whisper's layout {"dims": ..., "model_state_dict": ...} in
+- audio_processor/whisper_tiny.pt: openai-whisper's layout {"dims": ..., "model_state_dict": ...} in
   fp16 with the encoder plus a few decoder entries.
 
 And a broken set under OUT/broken/:
@@ -18,7 +19,7 @@ And a broken set under OUT/broken/:
   extra entry `extra.weight`, and one motion entry holding 7.0 everywhere
   (motion_module.pth must override it: `overridden=KEY`);
 - face_locator.pth with one tensor of the wrong shape (`reshaped=KEY`);
-- tiny_unsafe.pt: tiny.pt plus a `datetime.date`, which a weights-only
+- tiny_unsafe.pt: whisper_tiny.pt plus a `datetime.date`, which a weights-only
   load refuses.
 It also prints `facenet_data=DIR`, facenet-pytorch's pnet/rnet/onet folder.
 """
@@ -63,6 +64,7 @@ def main():
               for n in ("vae", "reference_unet", "denoising_unet", "face_locator", "audio_encoder")}
     os.makedirs(os.path.join(a.out, "sd-vae-ft-mse"), exist_ok=True)
     os.makedirs(os.path.join(a.out, "broken"), exist_ok=True)
+    os.makedirs(os.path.join(a.out, "audio_processor"), exist_ok=True)
 
     den = seeded["denoising_unet"]
     is_motion = lambda k: ".motion_modules." in k  # noqa: E731
@@ -89,7 +91,7 @@ def main():
     torch.manual_seed(0)
     state["decoder.token_embedding.weight"] = torch.randn(16, n_state).half()
     state["decoder.ln.weight"] = torch.ones(n_state).half()
-    torch.save({"dims": dims, "model_state_dict": state}, os.path.join(a.out, "tiny.pt"))
+    torch.save({"dims": dims, "model_state_dict": state}, os.path.join(a.out, "audio_processor", "whisper_tiny.pt"))
     # A value torch.load(weights_only=True) refuses: needs --unsafe-pickle.
     unsafe = {"dims": dims, "model_state_dict": state, "saved": datetime.date(2024, 1, 1)}
     torch.save(unsafe, os.path.join(a.out, "broken", "tiny_unsafe.pt"))
