@@ -25,7 +25,8 @@ use tch::{Device, Kind, Tensor, nn::VarStore};
 
 use crate::{
     audio::whisper::WhisperEncoder, face_locator::FaceLocator, preset::Preset,
-    unet2d::UNet2DConditionModel, unet3d::UNet3DConditionModel, vae::AutoencoderKL,
+    scheduler::NoiseGenerator, unet2d::UNet2DConditionModel, unet3d::UNet3DConditionModel,
+    vae::AutoencoderKL,
 };
 
 /// Value of `config.json`'s `format`.
@@ -163,7 +164,9 @@ fn file_of(component: &str) -> &'static str {
 /// computed values.
 pub fn randomize(vs: &VarStore, seed: u64) {
     let _guard = tch::no_grad_guard();
-    tch::manual_seed(seed as i64);
+    // A private generator, not libtorch's global one: other threads (other
+    // models, tests) drawing random numbers meanwhile cannot change these.
+    let mut rng = NoiseGenerator::new(seed);
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, mut t) in vars {
@@ -171,7 +174,7 @@ pub fn randomize(vs: &VarStore, seed: u64) {
             continue;
         }
         let size = t.size();
-        let noise = Tensor::randn(size.as_slice(), (Kind::Float, Device::Cpu));
+        let noise = rng.randn(&size, Kind::Float, Device::Cpu);
         let mut parents = name.split('.').rev().skip(1);
         let is_norm =
             parents.any(|p| p.contains("norm") || p.ends_with("_ln") || p.starts_with("ln_"));

@@ -49,6 +49,11 @@ async fn create_load_commit_and_stale_writers() {
     assert!(matches!(s.commit("missing", 1, &ctx(0, b"")).await, Err(ContextError::NotFound(_))));
     s.delete("job-1").await.unwrap();
     assert!(matches!(s.load("job-1").await, Err(ContextError::NotFound(_))));
+
+    assert_eq!(s.get_avatar("av-1").await.unwrap(), None);
+    s.put_avatar("av-1", &state).await.unwrap();
+    assert_eq!(s.get_avatar("av-1").await.unwrap().as_deref(), Some(state.as_slice()));
+    s.ping().await.unwrap();
 }
 
 #[tokio::test]

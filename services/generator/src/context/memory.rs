@@ -20,13 +20,20 @@ struct Entry {
 #[derive(Debug)]
 pub struct MemoryStore {
     entries: Mutex<HashMap<String, Entry>>,
+    /// Prepared avatars, oldest dropped first beyond `max_streams`.
+    avatars: Mutex<Vec<(String, std::sync::Arc<Vec<u8>>)>>,
     idle_timeout: Duration,
     max_streams: usize,
 }
 
 impl MemoryStore {
     pub fn new(idle_timeout: Duration, max_streams: usize) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), idle_timeout, max_streams }
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            avatars: Mutex::new(Vec::new()),
+            idle_timeout,
+            max_streams,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -106,6 +113,26 @@ impl ContextStore for MemoryStore {
     async fn delete(&self, stream_id: &str) -> Result<(), ContextError> {
         validate_stream_id(stream_id)?;
         self.lock().remove(stream_id);
+        Ok(())
+    }
+
+    async fn put_avatar(&self, avatar_id: &str, bytes: &[u8]) -> Result<(), ContextError> {
+        validate_stream_id(avatar_id)?;
+        let mut avatars = self.avatars.lock().unwrap_or_else(|e| e.into_inner());
+        avatars.retain(|(id, _)| id != avatar_id);
+        if avatars.len() >= self.max_streams {
+            avatars.remove(0);
+        }
+        avatars.push((avatar_id.to_owned(), std::sync::Arc::new(bytes.to_vec())));
+        Ok(())
+    }
+
+    async fn get_avatar(&self, avatar_id: &str) -> Result<Option<Vec<u8>>, ContextError> {
+        let avatars = self.avatars.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(avatars.iter().find(|(id, _)| id == avatar_id).map(|(_, b)| b.as_ref().clone()))
+    }
+
+    async fn ping(&self) -> Result<(), ContextError> {
         Ok(())
     }
 }

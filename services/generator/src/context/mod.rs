@@ -101,6 +101,16 @@ pub trait ContextStore: Send + Sync + 'static {
 
     /// Forgets a stream (finished or cancelled). Absent streams are fine.
     async fn delete(&self, stream_id: &str) -> Result<(), ContextError>;
+
+    /// Stores a prepared avatar's bytes (so any replica can load it instead
+    /// of recomputing), replacing an older copy.
+    async fn put_avatar(&self, avatar_id: &str, bytes: &[u8]) -> Result<(), ContextError>;
+
+    /// A prepared avatar's bytes, `None` when unknown or expired.
+    async fn get_avatar(&self, avatar_id: &str) -> Result<Option<Vec<u8>>, ContextError>;
+
+    /// Round-trip check for readiness.
+    async fn ping(&self) -> Result<(), ContextError>;
 }
 
 /// Stream ids become Redis key parts: 1..=128 of `[A-Za-z0-9._:-]`.

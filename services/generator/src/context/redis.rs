@@ -19,6 +19,8 @@ pub struct RedisStoreConfig {
     pub key_prefix: String,
     /// A stream untouched this long is deleted by Redis.
     pub idle_timeout: Duration,
+    /// How long a prepared avatar stays cached in Redis after its last use.
+    pub avatar_ttl: Duration,
     /// How long one Redis request may take before it fails.
     pub response_timeout: Duration,
     /// How long connecting may take.
@@ -31,6 +33,7 @@ impl Default for RedisStoreConfig {
             url: "redis://127.0.0.1:6379".into(),
             key_prefix: "osa:".into(),
             idle_timeout: Duration::from_secs(300),
+            avatar_ttl: Duration::from_secs(24 * 3600),
             response_timeout: Duration::from_secs(2),
             connection_timeout: Duration::from_secs(2),
         }
@@ -112,15 +115,12 @@ impl RedisStore {
         format!("{}ctx:{{{stream_id}}}", self.config.key_prefix)
     }
 
-    fn ttl_ms(&self) -> u64 {
-        self.config.idle_timeout.as_millis().max(1) as u64
+    fn avatar_key(&self, avatar_id: &str) -> String {
+        format!("{}avatar:{{{avatar_id}}}", self.config.key_prefix)
     }
 
-    /// Round-trip check, for readiness.
-    pub async fn ping(&self) -> Result<(), ContextError> {
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(redis_err)?;
-        Ok(())
+    fn ttl_ms(&self) -> u64 {
+        self.config.idle_timeout.as_millis().max(1) as u64
     }
 
     /// Remaining time to live of a stream's context (tests, debugging).
@@ -236,6 +236,41 @@ impl ContextStore for RedisStore {
         validate_stream_id(stream_id)?;
         let mut conn = self.conn.clone();
         let _: i64 = conn.del(self.key(stream_id)).await.map_err(redis_err)?;
+        Ok(())
+    }
+
+    async fn put_avatar(&self, avatar_id: &str, bytes: &[u8]) -> Result<(), ContextError> {
+        validate_stream_id(avatar_id)?;
+        let mut conn = self.conn.clone();
+        let ttl = self.config.avatar_ttl.as_millis().max(1) as u64;
+        let () = redis::cmd("SET")
+            .arg(self.avatar_key(avatar_id))
+            .arg(bytes)
+            .arg("PX")
+            .arg(ttl)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    async fn get_avatar(&self, avatar_id: &str) -> Result<Option<Vec<u8>>, ContextError> {
+        validate_stream_id(avatar_id)?;
+        let mut conn = self.conn.clone();
+        let ttl = self.config.avatar_ttl.as_millis().max(1) as u64;
+        let bytes: Option<Vec<u8>> = redis::cmd("GETEX")
+            .arg(self.avatar_key(avatar_id))
+            .arg("PX")
+            .arg(ttl)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(bytes)
+    }
+
+    async fn ping(&self) -> Result<(), ContextError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(redis_err)?;
         Ok(())
     }
 }

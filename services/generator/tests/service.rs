@@ -1,0 +1,373 @@
+//! The generator over real gRPC on loopback (tiny preset, seeded random
+//! weights, the real MTCNN), with the in-memory store and with a real
+//! redis-server: latents equal the embedded pipeline's, replicas share
+//! streams through Redis, races lose cleanly, faults are named.
+
+use std::{path::PathBuf, time::Duration};
+
+use osa_generator::{Settings, run};
+use osa_model::{device::Placement, pipeline::Pipeline, preset::Preset, rolling::RollingState};
+use osa_proto::{
+    tensor::HostTensor,
+    v1::{
+        ClipFeatures, ClipTiming, GenerateRequest, GenerateStart, GeneratedClip,
+        PrepareReferenceRequest, SamplingOptions, generate_request,
+        generator_service_client::GeneratorServiceClient,
+    },
+};
+use osa_runtime::{Shutdown, testkit::RedisServer};
+use tch::{Kind, Tensor};
+use tokio::net::TcpListener;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const SEED: u64 = 0;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn detector() -> PathBuf {
+    let p = root().join("target/weights/face_detector.safetensors");
+    assert!(p.is_file(), "{} missing: run scripts/setup.sh", p.display());
+    p
+}
+
+fn portrait_bytes() -> Vec<u8> {
+    std::fs::read(root().join("target/samples/portrait.png")).expect("run scripts/setup.sh")
+}
+
+fn settings(redis: Option<&RedisServer>) -> Settings {
+    let mut s = Settings::default();
+    s.generator.face_detector = detector().display().to_string();
+    s.generator.device = "cpu".into();
+    s.generator.seed = SEED;
+    s.generator.redis_url = redis.map(RedisServer::url).unwrap_or_default();
+    s.generator.redis_timeout = Duration::from_millis(500);
+    s.grpc.drain_timeout = Duration::from_secs(1);
+    s
+}
+
+struct Server {
+    url: String,
+    shutdown: Shutdown,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+async fn start(s: Settings) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = Shutdown::new();
+    tokio::spawn(run(s, listener, shutdown.clone()));
+    Server { url, shutdown }
+}
+
+async fn status(url: &str) -> Option<ServingStatus> {
+    let ch = Channel::from_shared(url.to_owned()).unwrap().connect().await.ok()?;
+    let r =
+        HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await.ok()?;
+    ServingStatus::try_from(r.into_inner().status).ok()
+}
+
+async fn wait_for(url: &str, want: ServingStatus) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while status(url).await != Some(want) {
+        assert!(tokio::time::Instant::now() < deadline, "{url} never became {want:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn client(server: &Server) -> GeneratorServiceClient<Channel> {
+    wait_for(&server.url, ServingStatus::Serving).await;
+    GeneratorServiceClient::connect(server.url.clone())
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 << 20)
+}
+
+fn features(clip: u64) -> Tensor {
+    let p = Preset::tiny();
+    osa_model::scheduler::NoiseGenerator::new(100 + clip).randn(
+        &[p.frames, 50, p.audio_encoder.n_state],
+        Kind::Float,
+        tch::Device::Cpu,
+    )
+}
+
+fn clip_msg(clip: u64, last: bool) -> GenerateRequest {
+    let f = features(clip);
+    let values = Vec::<f32>::try_from(f.flatten(0, -1)).unwrap();
+    let dims = f.size().iter().map(|&d| d as usize).collect();
+    GenerateRequest {
+        request: Some(generate_request::Request::Clip(ClipFeatures {
+            timing: Some(ClipTiming {
+                clip_index: clip,
+                frame_count: 12,
+                real_frames: 12,
+                ..Default::default()
+            }),
+            features: Some(HostTensor::from_f32(dims, &values).unwrap().into()),
+            last,
+            audio_seconds: 0.0,
+        })),
+    }
+}
+
+fn start_msg(stream: &str, resume: bool) -> GenerateRequest {
+    GenerateRequest {
+        request: Some(generate_request::Request::Start(GenerateStart {
+            stream_id: stream.into(),
+            avatar_id: "astronaut".into(),
+            sampling: Some(SamplingOptions { steps: 1, seed: 42 }),
+            resume,
+        })),
+    }
+}
+
+/// Sends `start` then the clips; returns what came back (or the status).
+async fn generate(
+    c: &mut GeneratorServiceClient<Channel>,
+    msgs: Vec<GenerateRequest>,
+) -> Result<Vec<GeneratedClip>, tonic::Status> {
+    let mut out = c.generate(tokio_stream::iter(msgs)).await?.into_inner();
+    let mut clips = Vec::new();
+    while let Some(m) = out.message().await? {
+        clips.push(m);
+    }
+    Ok(clips)
+}
+
+fn latents(c: &GeneratedClip) -> Tensor {
+    let t = HostTensor::try_from(c.latents.clone().unwrap()).unwrap();
+    let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+    Tensor::from_slice(&t.to_f32_vec().unwrap()).view(dims.as_slice())
+}
+
+/// The embedded pipeline's latents for clips 0..n of the test stream.
+fn embedded(n: u64) -> Vec<Tensor> {
+    let pipe = Pipeline::random(Preset::tiny(), SEED, Placement::cpu(), Some(&detector())).unwrap();
+    let img = image::load_from_memory(&portrait_bytes()).unwrap().to_rgb8();
+    let avatar = pipe.prepare_avatar(&img).unwrap();
+    let mut state = RollingState::new(42, 1);
+    (0..n)
+        .map(|i| {
+            let out = pipe.generate_clip(&avatar, &state, &features(i)).unwrap();
+            state = out.next;
+            out.latents
+        })
+        .collect()
+}
+
+async fn prepare(c: &mut GeneratorServiceClient<Channel>) {
+    let r = c
+        .prepare_reference(PrepareReferenceRequest {
+            avatar_id: "astronaut".into(),
+            image: portrait_bytes(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.faces_found, 1);
+    assert_eq!((r.image_width, r.image_height), (512, 512));
+}
+
+fn assert_same(got: &[GeneratedClip], want: &[Tensor]) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.timing.as_ref().unwrap().clip_index, i as u64);
+        let g = latents(g);
+        // fp16 rolling states make tiny float differences (thread count,
+        // op order) visible; anything real is orders of magnitude larger.
+        let err = f64::try_from((&g - w).abs().max()).unwrap();
+        let scale = f64::try_from(w.abs().max()).unwrap();
+        assert!(err <= 1e-5 * (1.0 + scale) * 10.0, "clip {i}: max abs diff {err} (scale {scale})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latents_equal_the_embedded_pipeline() {
+    let server = start(settings(None)).await;
+    let mut c = client(&server).await;
+    prepare(&mut c).await;
+    let again = c
+        .prepare_reference(PrepareReferenceRequest {
+            avatar_id: "astronaut".into(),
+            image: portrait_bytes(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.cached, "the same image is not prepared twice");
+    let got = generate(
+        &mut c,
+        vec![start_msg("s1", false), clip_msg(0, false), clip_msg(1, false), clip_msg(2, true)],
+    )
+    .await
+    .unwrap();
+    assert_same(&got, &embedded(3));
+    // The finished stream was forgotten.
+    let err = generate(&mut c, vec![start_msg("s1", true), clip_msg(3, false)]).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_alternate_clips_of_one_stream_through_redis() {
+    let redis = RedisServer::start().unwrap();
+    let a = start(settings(Some(&redis))).await;
+    let b = start(settings(Some(&redis))).await;
+    let mut ca = client(&a).await;
+    let mut cb = client(&b).await;
+    prepare(&mut ca).await; // prepared on A only; B loads it from Redis
+    let mut got =
+        generate(&mut ca, vec![start_msg("s2", false), clip_msg(0, false)]).await.unwrap();
+    got.extend(generate(&mut cb, vec![start_msg("s2", true), clip_msg(1, false)]).await.unwrap());
+    got.extend(generate(&mut ca, vec![start_msg("s2", true), clip_msg(2, false)]).await.unwrap());
+    assert_same(&got, &embedded(3));
+
+    // Two replicas race for clip 3: exactly one writes it.
+    let (ra, rb) = tokio::join!(
+        generate(&mut ca, vec![start_msg("s2", true), clip_msg(3, false)]),
+        generate(&mut cb, vec![start_msg("s2", true), clip_msg(3, false)]),
+    );
+    let oks = [&ra, &rb].iter().filter(|r| r.as_ref().is_ok_and(|v| v.len() == 1)).count();
+    assert_eq!(oks, 1, "{ra:?} {rb:?}");
+    let loser = if ra.is_ok() { rb } else { ra };
+    assert_eq!(loser.unwrap_err().code(), Code::Aborted);
+
+    // A skipped clip is refused, the stream stays usable.
+    let err = generate(&mut cb, vec![start_msg("s2", true), clip_msg(9, false)]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("expects clip 4"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_invalid_argument_or_not_found() {
+    let server = start(settings(None)).await;
+    let mut c = client(&server).await;
+    let prep =
+        |avatar: &str, image: Vec<u8>| PrepareReferenceRequest { avatar_id: avatar.into(), image };
+    for (req, needle) in [
+        (prep("a", vec![]), "image: is empty"),
+        (prep("a", b"not an image at all".to_vec()), "not a JPEG, PNG or WebP"),
+        (prep("a", portrait_bytes()[..2000].to_vec()), "unreadable"),
+        (prep("bad id", portrait_bytes()), "avatar_id"),
+    ] {
+        let err = c.prepare_reference(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(needle), "{needle}: {}", err.message());
+    }
+    // A photo without a face.
+    let mut flat = Vec::new();
+    image::RgbImage::from_pixel(200, 200, image::Rgb([90, 120, 200]))
+        .write_to(&mut std::io::Cursor::new(&mut flat), image::ImageFormat::Png)
+        .unwrap();
+    let err = c.prepare_reference(prep("flat", flat)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("no face"), "{}", err.message());
+
+    let err = generate(&mut c, vec![clip_msg(0, false)]).await.unwrap_err();
+    assert!(err.message().contains("first message must be start"), "{err:?}");
+    let mut three = start_msg("s3", false);
+    if let Some(generate_request::Request::Start(s)) = &mut three.request {
+        s.sampling = Some(SamplingOptions { steps: 3, seed: 1 });
+    }
+    let err = generate(&mut c, vec![three]).await.unwrap_err();
+    assert!(err.message().contains("steps") && err.message().contains('3'), "{err:?}");
+    // Unknown avatar: refused at the first clip.
+    let err = generate(&mut c, vec![start_msg("s4", false), clip_msg(0, false)]).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    prepare(&mut c).await;
+    let mut wrong = clip_msg(0, false);
+    if let Some(generate_request::Request::Clip(cf)) = &mut wrong.request {
+        cf.features =
+            Some(HostTensor::from_f32(vec![5, 50, 16], &[0.0; 5 * 50 * 16]).unwrap().into());
+    }
+    let err = generate(&mut c, vec![start_msg("s5", false), wrong]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("clip.features"), "{}", err.message());
+    let err = generate(&mut c, vec![start_msg("s5", true), clip_msg(1, false)]).await.unwrap_err();
+    assert!(err.message().contains("expects clip 0"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_faults_are_named_and_the_service_recovers() {
+    let mut redis = RedisServer::start().unwrap();
+    redis.stop();
+    let server = start(settings(Some(&redis))).await;
+    // Model warm, Redis down: NOT_SERVING.
+    wait_for(&server.url, ServingStatus::NotServing).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status(&server.url).await, Some(ServingStatus::NotServing));
+    redis.restart().unwrap();
+    let mut c = client(&server).await; // waits for SERVING
+    prepare(&mut c).await;
+    generate(&mut c, vec![start_msg("s6", false), clip_msg(0, false)]).await.unwrap();
+    redis.stop();
+    let err = generate(&mut c, vec![start_msg("s6", true), clip_msg(1, false)]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("redis"), "{}", err.message());
+    redis.restart().unwrap(); // data lost (no persistence), service fine
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match generate(&mut c, vec![start_msg("s7", false), clip_msg(0, false)]).await {
+            Err(e) if e.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) if e.code() == Code::NotFound => break, // avatar gone with the crash: recovered
+            other => {
+                other.unwrap();
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_expire() {
+    let mut s = settings(None);
+    s.generator.idle_timeout = Duration::from_millis(300);
+    let server = start(s).await;
+    let mut c = client(&server).await;
+    prepare(&mut c).await;
+    generate(&mut c, vec![start_msg("idle", false), clip_msg(0, false)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let err =
+        generate(&mut c, vec![start_msg("idle", true), clip_msg(1, false)]).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_with_resource_exhausted() {
+    let mut s = settings(None);
+    s.generator.queue_capacity = 1;
+    s.generator.max_batch = 1;
+    let server = start(s).await;
+    let mut c = client(&server).await;
+    prepare(&mut c).await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            generate(&mut c, vec![start_msg(&format!("busy{i}"), false), clip_msg(0, true)]).await
+        }));
+    }
+    let mut exhausted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(v) => assert_eq!(v.len(), 1),
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.metadata().get("retry-after-ms").is_some());
+                exhausted += 1;
+            }
+        }
+    }
+    assert!(exhausted > 0, "a queue of one clip never overflowed under 12 concurrent streams");
+}
