@@ -12,7 +12,9 @@
 //!   applied by symphonia (`gapless` on).
 //! - Vorbis/FLAC in Ogg: symphonia trims from the granule positions.
 //! - Opus in Ogg: symphonia trims the end padding from the last granule
-//!   position; the OpusHead `pre_skip` is dropped here.
+//!   position; the OpusHead `pre_skip` is dropped here (Opus is decoded
+//!   straight to 16 kHz, see `opus.rs`). WebM/Matroska Opus: the same
+//!   pre-skip; end padding (a few ms) is kept.
 //! - AAC (and anything else) in MP4/M4A: the first edit of the track's edit
 //!   list gives the priming (`media_time`, 1024 samples from ffmpeg's
 //!   encoder, 2112 from Apple's) and the length to keep; symphonia does not
@@ -43,7 +45,7 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
 use crate::mp4::find_audio_edit;
-use crate::opus::{OPUS_RATE, OpusHead, OpusPacketDecoder};
+use crate::opus::{OPUS_DECODE_RATE, OPUS_RATE, OpusHead, OpusPacketDecoder, from_48k};
 use crate::resample::StreamResampler;
 use crate::{AudioError, TARGET_SAMPLE_RATE};
 
@@ -75,8 +77,8 @@ impl Default for DecodeLimits {
 pub struct DecodedAudio {
     /// Mono samples at [`TARGET_SAMPLE_RATE`], nominally in [-1, 1].
     pub samples: Vec<f32>,
-    /// The source's sample rate in Hz (48000 for Opus, which always decodes
-    /// at 48 kHz).
+    /// The source's sample rate in Hz (48000 for Opus, the rate its
+    /// timestamps count in).
     pub source_sample_rate: u32,
     /// The source's channel count (averaged into mono).
     pub source_channels: usize,
@@ -119,7 +121,7 @@ pub fn decode_file(
         })?;
     Ok(DecodedAudio {
         samples: decoded.samples,
-        source_sample_rate: decoded.rate,
+        source_sample_rate: decoded.source_rate,
         source_channels: decoded.channels,
         codec: decoded.codec,
         container: decoded.container,
@@ -132,6 +134,8 @@ struct SourceAudio {
     samples: Vec<f32>,
     /// Source frames kept (after delay and padding trims).
     frames: u64,
+    /// The rate to report as the source's (Opus: 48 kHz, decoded at 16).
+    source_rate: u32,
     rate: u32,
     channels: usize,
     codec: String,
@@ -188,7 +192,7 @@ fn decode_source(
         let stream_err = |detail: String| AudioError::UnsupportedStream { detail };
         let head = OpusHead::parse(head).map_err(stream_err)?;
         let dec = OpusPacketDecoder::new(&head).map_err(stream_err)?;
-        (TrackDecoder::Opus(Box::new(dec)), "opus".to_owned(), u64::from(head.pre_skip))
+        (TrackDecoder::Opus(Box::new(dec)), "opus".to_owned(), from_48k(u64::from(head.pre_skip)))
     } else {
         let dec = symphonia::default::get_codecs()
             .make_audio_decoder(&params, &AudioDecoderOptions::default())
@@ -269,11 +273,12 @@ fn decode_source(
                 let channels = dec.channels();
                 let pcm = dec.decode(&packet.data).map_err(|detail| state.corrupt(detail))?;
                 let frames = pcm.len() / channels;
-                let start = (packet.trim_start.get() as usize).min(frames);
-                let end = frames.saturating_sub(packet.trim_end.get() as usize).max(start);
+                let start = (from_48k(packet.trim_start.get()) as usize).min(frames);
+                let end =
+                    frames.saturating_sub(from_48k(packet.trim_end.get()) as usize).max(start);
                 state.interleaved.clear();
                 state.interleaved.extend_from_slice(&pcm[start * channels..end * channels]);
-                state.push(OPUS_RATE, channels)?;
+                state.push(OPUS_DECODE_RATE, channels)?;
             }
         }
     }
@@ -297,7 +302,8 @@ fn decode_source(
     }
     let (rate, channels, frames) = (state.rate, state.channels, state.kept);
     let samples = state.resampler.take().map(|r| r.finish()).transpose()?.unwrap_or_default();
-    Ok(SourceAudio { samples, frames, rate, channels, codec, container })
+    let source_rate = if is_opus { OPUS_RATE } else { rate };
+    Ok(SourceAudio { samples, frames, source_rate, rate, channels, codec, container })
 }
 
 /// Accumulates decoded audio and turns symphonia errors into [`AudioError`]s.
