@@ -283,6 +283,15 @@ impl GeneratorService for Generator {
     }
 }
 
+/// Runs a store operation, recording its round-trip time.
+async fn timed<T>(op: &'static str, fut: impl Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = fut.await;
+    metrics::histogram!("osa_generator_store_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    out
+}
+
 impl Generator {
     async fn one_clip(
         &self,
@@ -307,7 +316,7 @@ impl Generator {
         if values.iter().any(|v| !v.is_finite()) {
             return Err(ServiceError::invalid("clip.features", "holds NaN or infinite values"));
         }
-        let stored = store.load(id).await?;
+        let stored = timed("load", store.load(id)).await?;
         let ctx = &stored.context;
         if timing.clip_index < ctx.next_clip {
             return Err(ServiceError::Aborted(format!(
@@ -331,6 +340,7 @@ impl Generator {
             steps: ctx.steps,
             features: values.clone(),
             features_shape: [shape[0] as i64, shape[1] as i64, shape[2] as i64],
+            enqueued: std::time::Instant::now(),
         };
         let result = match self.worker.generate(request(ctx.state.clone())).await {
             Err(WorkerError::AvatarNotCached(_)) => {
@@ -345,7 +355,8 @@ impl Generator {
         };
         let next =
             StreamContext { next_clip: ctx.next_clip + 1, state: result.next_state, ..ctx.clone() };
-        store.commit(id, stored.version, &next).await.map_err(|e| match e {
+        metrics::histogram!("osa_generator_context_bytes").record(next.state.len() as f64);
+        timed("commit", store.commit(id, stored.version, &next)).await.map_err(|e| match e {
             ContextError::Conflict { .. } => ServiceError::Aborted(e.to_string()),
             other => other.into(),
         })?;

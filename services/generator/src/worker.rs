@@ -88,6 +88,8 @@ pub struct ClipRequest {
     /// Audio features [F, S, D], row-major f32.
     pub features: Vec<f32>,
     pub features_shape: [i64; 3],
+    /// When the request was queued (queue-wait metric).
+    pub enqueued: Instant,
 }
 
 /// A generated clip.
@@ -365,6 +367,10 @@ type Reply = oneshot::Sender<Result<ClipResult, WorkerError>>;
 fn run_clips(pipe: &Pipeline, cache: &mut AvatarCache, clips: Vec<(ClipRequest, Reply)>) {
     // Skip streams whose client left while queued.
     let clips: Vec<_> = clips.into_iter().filter(|(_, reply)| !reply.is_closed()).collect();
+    for (req, _) in &clips {
+        metrics::histogram!("osa_generator_queue_wait_seconds")
+            .record(req.enqueued.elapsed().as_secs_f64());
+    }
     let mut groups: Vec<(u32, Vec<(ClipRequest, Reply)>)> = Vec::new();
     for clip in clips {
         match groups.iter_mut().find(|(s, _)| *s == clip.0.steps) {

@@ -152,10 +152,14 @@ fn latents(c: &GeneratedClip) -> Tensor {
 
 /// The embedded pipeline's latents for clips 0..n of the test stream.
 fn embedded(n: u64) -> Vec<Tensor> {
+    embedded_with(42, n)
+}
+
+fn embedded_with(seed: u64, n: u64) -> Vec<Tensor> {
     let pipe = Pipeline::random(Preset::tiny(), SEED, Placement::cpu(), Some(&detector())).unwrap();
     let img = image::load_from_memory(&portrait_bytes()).unwrap().to_rgb8();
     let avatar = pipe.prepare_avatar(&img).unwrap();
-    let mut state = RollingState::new(42, 1);
+    let mut state = RollingState::new(seed, 1);
     (0..n)
         .map(|i| {
             let out = pipe.generate_clip(&avatar, &state, &features(i)).unwrap();
@@ -370,4 +374,27 @@ async fn overload_is_refused_with_resource_exhausted() {
         }
     }
     assert!(exhausted > 0, "a queue of one clip never overflowed under 12 concurrent streams");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_batched_together_equal_each_alone() {
+    let mut s = settings(None);
+    s.generator.max_batch = 2;
+    // Long enough that the two streams' clips always meet in one batch.
+    s.generator.max_batch_wait = Duration::from_millis(500);
+    let server = start(s).await;
+    let mut c = client(&server).await;
+    prepare(&mut c).await;
+    let with_seed = |stream: &str, seed: u64| {
+        let mut m = start_msg(stream, false);
+        if let Some(generate_request::Request::Start(st)) = &mut m.request {
+            st.sampling = Some(SamplingOptions { steps: 1, seed });
+        }
+        vec![m, clip_msg(0, false), clip_msg(1, true)]
+    };
+    let (mut ca, mut cb) = (c.clone(), c.clone());
+    let (a, b) =
+        tokio::join!(generate(&mut ca, with_seed("ba", 7)), generate(&mut cb, with_seed("bb", 8)));
+    assert_same(&a.unwrap(), &embedded_with(7, 2));
+    assert_same(&b.unwrap(), &embedded_with(8, 2));
 }
