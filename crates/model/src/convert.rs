@@ -328,10 +328,20 @@ pub fn default_python() -> Result<PathBuf, ConvertError> {
 }
 
 /// Converts EchoMimic v1's checkpoints into the weights directory `out`
-/// (created if needed) with `scripts/convert_echomimic.py`, then validates
-/// it against `inputs.preset`. The report may hold problems: check
+/// (created if needed) with [`run_script`], then [`validate`]s it against
+/// `inputs.preset`. The report may hold problems: check
 /// [`ValidationReport::is_ok`] or call [`ValidationReport::into_result`].
 pub fn convert(inputs: &ConvertInputs, out: &Path) -> Result<ValidationReport, ConvertError> {
+    let output = run_script(inputs, out)?;
+    let mut report = validate(out, &inputs.preset)?;
+    report.script_output = output;
+    Ok(report)
+}
+
+/// Runs `scripts/convert_echomimic.py` on `inputs`, writing `out`, without
+/// validating; returns what the script printed (stdout, then stderr's
+/// warnings). Inputs are checked to exist first.
+pub fn run_script(inputs: &ConvertInputs, out: &Path) -> Result<String, ConvertError> {
     let files = [
         ("denoising_unet", &inputs.denoising_unet, "--denoising-unet"),
         ("motion_module", &inputs.motion_module, "--motion-module"),
@@ -373,16 +383,11 @@ pub fn convert(inputs: &ConvertInputs, out: &Path) -> Result<ValidationReport, C
         .arg(out);
     let output = cmd.output().map_err(|source| ConvertError::Spawn { python, source })?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
-        return Err(ConvertError::Script {
-            status: output.status.to_string(),
-            stdout,
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
+        return Err(ConvertError::Script { status: output.status.to_string(), stdout, stderr });
     }
-    let mut report = validate(out, &inputs.preset)?;
-    report.script_output = stdout;
-    Ok(report)
+    Ok(stdout + &stderr)
 }
 
 /// Checks every component file of the weights directory `dir` against the
