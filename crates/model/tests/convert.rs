@@ -240,26 +240,26 @@ fn validate_names_missing_files_and_a_wrong_preset() {
     // key, the second tensor is named. A NaN is named.
     let vae_path = dir.join("vae.safetensors");
     let vae = common::read(&vae_path);
-    let legacy: Vec<(String, tch::Tensor)> = vae
+    let legacy: Vec<(String, Tensor)> = vae
         .iter()
         .map(|(k, t)| {
             (k.replace(".to_q.", ".query.").replace(".to_out.0.", ".proj_attn."), t.copy())
         })
         .collect();
-    tch::Tensor::write_safetensors(&legacy, &vae_path).unwrap();
+    Tensor::write_safetensors(&legacy, &vae_path).unwrap();
     let report = convert::validate(&dir, &Preset::tiny()).unwrap();
     assert!(report.is_ok(), "{report}");
     assert_eq!(component(&report, "vae").renamed, 8);
     let key = "decoder.mid_block.attentions.0.to_q.weight";
     let mut both = legacy;
     both.push((key.into(), vae[key].copy()));
-    tch::Tensor::write_safetensors(&both, &vae_path).unwrap();
+    Tensor::write_safetensors(&both, &vae_path).unwrap();
     let fl_path = dir.join("face_locator.safetensors");
     let mut fl = common::read(&fl_path);
     let nan_key = "conv_in.bias";
     let _ = fl.get_mut(nan_key).unwrap().fill_(f64::NAN);
-    let fl: Vec<(String, tch::Tensor)> = fl.into_iter().collect();
-    tch::Tensor::write_safetensors(&fl, &fl_path).unwrap();
+    let fl: Vec<(String, Tensor)> = fl.into_iter().collect();
+    Tensor::write_safetensors(&fl, &fl_path).unwrap();
     let problems = convert::validate(&dir, &Preset::tiny()).unwrap().problems();
     assert_eq!(
         problems,
