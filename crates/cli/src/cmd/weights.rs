@@ -12,7 +12,7 @@ pub enum Command {
     /// Convert EchoMimic v1's public checkpoints into a weights directory,
     /// then check every key and shape (every missing, unexpected or
     /// misshaped tensor is named).
-    Convert(ConvertArgs),
+    Convert(Box<ConvertArgs>),
     /// Check a weights directory against its preset.
     Validate(ValidateArgs),
 }
