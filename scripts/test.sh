@@ -28,3 +28,6 @@ export OSA_TEST_REDIS_URL="redis://127.0.0.1:$port"
 echo "[test] redis-server on 127.0.0.1:$port (pid $(cat "$work/redis.pid"))"
 
 cargo test --workspace "$@"
+
+# The Kubernetes manifests: every overlay rendered and validated offline.
+bash scripts/validate-deploy.sh
