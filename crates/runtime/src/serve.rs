@@ -248,10 +248,11 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    RB: http_body::Body + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<InFlightBody<RB>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -260,7 +261,8 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_owned();
         if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
-            return Box::pin(self.inner.call(req));
+            let fut = self.inner.call(req);
+            return Box::pin(async move { Ok(fut.await?.map(|b| InFlightBody::new(b, None))) });
         }
         let (rpc_service, rpc_method) = split_path(&path);
         let span = tracing::info_span!(
@@ -276,7 +278,7 @@ where
         crate::telemetry::set_remote_parent(&span, req.headers());
 
         let labels = [("rpc_service", rpc_service), ("rpc_method", rpc_method)];
-        metrics::gauge!("osa_grpc_requests_in_flight", &labels).increment(1.0);
+        let in_flight = InFlight::new(metrics::gauge!("osa_grpc_requests_in_flight", &labels));
         let started = Instant::now();
         let fut = self.inner.call(req);
         let record_span = span.clone();
@@ -297,7 +299,6 @@ where
                 };
                 record_span.record("rpc.grpc.status_code", code as i32);
                 let code_label = format!("{code:?}");
-                metrics::gauge!("osa_grpc_requests_in_flight", &labels).decrement(1.0);
                 metrics::counter!(
                     "osa_grpc_requests_total",
                     "rpc_service" => labels[0].1.clone(),
@@ -310,10 +311,78 @@ where
                 }
                 metrics::histogram!("osa_grpc_request_duration_seconds", &labels)
                     .record(started.elapsed().as_secs_f64());
-                res
+                // A streaming call stays in flight until its response body
+                // ends (or is dropped), not just until its headers leave.
+                res.map(|r| r.map(|b| InFlightBody::new(b, Some(in_flight))))
             }
             .instrument(span),
         )
+    }
+}
+
+/// Counts a call in `osa_grpc_requests_in_flight` while alive.
+#[derive(Debug)]
+pub struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn new(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// A response body that keeps its call counted as in flight until the body
+/// is finished or dropped.
+pub struct InFlightBody<B> {
+    inner: Pin<Box<B>>,
+    guard: Option<InFlight>,
+}
+
+impl<B> std::fmt::Debug for InFlightBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlightBody").finish_non_exhaustive()
+    }
+}
+
+impl<B> InFlightBody<B> {
+    fn new(inner: B, guard: Option<InFlight>) -> Self {
+        Self { inner: Box::pin(inner), guard }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = self.inner.as_mut().poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            self.guard = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: http_body::Body + Default> Default for InFlightBody<B> {
+    fn default() -> Self {
+        Self::new(B::default(), None)
     }
 }
 
