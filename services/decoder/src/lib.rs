@@ -1,52 +1,71 @@
-//! `osa-decoder`: serves `osa.v1.DecoderService` (see proto/osa/v1/stages.proto).
+//! `osa-decoder`: serves `osa.v1.DecoderService` (proto/osa/v1/stages.proto).
 //!
-//! The serving scaffold is in place (health, reflection, metrics, tracing,
-//! drain); the stage's RPCs are not served yet, so callers get UNIMPLEMENTED
-//! from tonic until the stage lands.
+//! Latent clips in, video out: the VAE decoder (or the TAESD fast decoder,
+//! per request) turns each clip's UNet-space latents into RGB frames on one
+//! model thread ([`worker`]) that batches clips of different streams; the
+//! stream task ([`service`]) emits them as raw RGB frames, fragmented-MP4
+//! segments (H.264 + Opus, init segment with the first) or a finished
+//! faststart MP4 streamed back as byte chunks after `end`.
 
-use osa_runtime::{
-    Shutdown,
-    serve::ServiceSet,
-    settings::{BaseSettings, Common, ServiceSettings, SettingsError, Validate},
-};
-use serde::{Deserialize, Serialize};
+pub mod service;
+pub mod settings;
+pub mod worker;
+
+use std::path::PathBuf;
+
+use osa_model::device::Placement;
+use osa_proto::v1::decoder_service_server::DecoderServiceServer;
+use osa_runtime::{Shutdown, serve::ServiceSet};
+pub use settings::Settings;
 use tokio::net::TcpListener;
 
-/// Everything `osa-decoder` reads from its configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Settings(pub BaseSettings);
+use crate::{
+    service::Decoder,
+    worker::{Worker, WorkerConfig},
+};
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self(BaseSettings::on_ports(50054, 9094))
+fn path(s: &str) -> Option<PathBuf> {
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+fn placement(device: &str) -> Placement {
+    match device {
+        "cpu" => Placement::cpu(),
+        "cuda" => Placement { device: tch::Device::Cuda(0), kind: tch::Kind::Half },
+        _ => Placement::auto(),
     }
 }
 
-impl Validate for Settings {
-    fn validate(&self) -> Result<(), SettingsError> {
-        self.0.validate()
-    }
-}
-
-impl ServiceSettings for Settings {
-    fn common(&self) -> Common<'_> {
-        self.0.common()
-    }
-}
-
-/// Serves the stage on `listener` until `shutdown` and the drain are over.
+/// Serves the decoder on `listener` until `shutdown` and the drain are over.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let d = settings.decoder.clone();
+    let worker = Worker::start(WorkerConfig {
+        weights: path(&d.weights),
+        seed: d.seed,
+        fast_decoder: path(&d.fast_decoder),
+        placement: placement(&d.device),
+        queue_capacity: d.queue_capacity,
+        max_batch: d.max_batch,
+        max_batch_wait: d.max_batch_wait,
+    })?;
+    let warm_up = {
+        let worker = worker.clone();
+        async move { worker.ready().await.map(|_| ()) }
+    };
+    let max = settings.grpc.max_message_bytes;
+    let svc = DecoderServiceServer::new(Decoder::new(worker, d))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     osa_runtime::serve::serve(
         "osa-decoder",
-        &settings.0.grpc,
-        ServiceSet::new(),
+        &settings.grpc,
+        ServiceSet::new().with(svc),
         listener,
-        async { Ok(()) },
+        warm_up,
         shutdown,
     )
     .await?;
