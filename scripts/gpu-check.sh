@@ -12,10 +12,12 @@
 #     first: the bench fails when CUDA was asked for and is not available),
 #     then times the 512x512 echomimic preset with random weights in fp16 and
 #     bf16 at 1, 2 and 4 steps. Tables, JSON and nvidia-smi memory samples go
-#     to $OUT (or .gpu/out). Bounded to about 6 minutes in all.
+#     to $OUT (or .gpu/out). Bounded to about 6 minutes in all (timeouts 60 + 2 x 150 s).
 #
 # Environment: PYTHON (default python3) for `run`; CARGO_TARGET_DIR for
-# `prepare`; WARMUP and CLIPS (default 2 and 5) for `run`.
+# `prepare`; WARMUP and CLIPS (default 2 and 5) for `run`; PRESET and DEVICE
+# (default echomimic and cuda) only for a dry run of `run` on CPU:
+# `PYTHON=.venv/bin/python PRESET=tiny DEVICE=cpu scripts/gpu-check.sh run`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -80,6 +82,7 @@ setup_libs() {
 run() {
   [ -x "$BIN" ] || die "$BIN missing: run 'scripts/gpu-check.sh prepare' on the build machine and carry .gpu"
   local out="${OUT:-$GPU_DIR/out}" warmup="${WARMUP:-2}" clips="${CLIPS:-5}" failed=0
+  local preset="${PRESET:-echomimic}" device="${DEVICE:-cuda}"
   mkdir -p "$out"
   setup_libs
   if command -v nvidia-smi >/dev/null; then
@@ -89,13 +92,13 @@ run() {
   fi
 
   echo "gpu-check: CUDA sanity run (tiny preset)"
-  if ! timeout 120 "$BIN" --preset tiny --device cuda --dtype f16 --steps 1 --warmup 1 --clips 2 \
+  if ! timeout 60 "$BIN" --preset tiny --device "$device" --dtype f16 --steps 1 --warmup 1 --clips 2 \
     2>&1 | tee "$out/tiny-cuda.txt"; then
     die "CUDA is not usable from the bench (see above)"
   fi
 
   for dtype in f16 bf16; do
-    local name="echomimic-$dtype" poller=""
+    local name="$preset-$dtype" poller=""
     echo "gpu-check: $name, steps 1,2,4, warmup $warmup, clips $clips"
     if command -v nvidia-smi >/dev/null; then
       # Device memory sampled every 200 ms: its peak minus the first sample
@@ -107,7 +110,7 @@ run() {
     # stderr (progress and table) to the console and $name.txt, stdout
     # (the JSON) to $name.json.
     set +e
-    timeout 180 "$BIN" --preset echomimic --device cuda --dtype "$dtype" --steps 1,2,4 \
+    timeout 150 "$BIN" --preset "$preset" --device "$device" --dtype "$dtype" --steps 1,2,4 \
       --warmup "$warmup" --clips "$clips" --json 2>&1 >"$out/$name.json" | tee "$out/$name.txt"
     local rc="${PIPESTATUS[0]}"
     set -e

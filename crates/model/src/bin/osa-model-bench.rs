@@ -417,16 +417,16 @@ fn run(args: &Args) -> Result<()> {
     ));
     table.push_str(&format!("{:<38} {}\n", "audio features, 10 s signal", audio_ten.cells()));
     table.push_str(&format!(
-        "\n{:>5} | {:>29} | {:>29} | {:>8} | {:>10}\n",
+        "\n{:>5} | {:>29} | {:>29} | {:>8} | {:>11}\n",
         "steps",
         "UNet ms/clip mean/p50/min",
-        "VAE decode ms/clip mean/p50/min",
+        "VAE decode ms/clip m/p50/min",
         "fps gen",
         "fps gen+dec"
     ));
     for (steps, g, d) in &rows {
         table.push_str(&format!(
-            "{steps:>5} | {} | {} | {:>8.1} | {:>10.1}\n",
+            "{steps:>5} | {} | {} | {:>8.1} | {:>11.1}\n",
             g.cells(),
             d.cells(),
             fps(g.mean),
