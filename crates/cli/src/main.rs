@@ -20,6 +20,9 @@ enum Command {
     /// Detect faces in an image and print them as JSON, with the crop the
     /// pipeline would use.
     Face(cmd::face::Args),
+    /// Audio features, as the audio-encoder computes them.
+    #[command(subcommand)]
+    Audio(cmd::audio::Command),
     /// Create, convert and inspect weights directories.
     #[command(subcommand)]
     Weights(cmd::weights::Command),
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
         Command::Render(args) => cmd::render::run(&args),
         Command::Face(args) => cmd::face::run(&args),
         Command::Weights(c) => cmd::weights::run(&c),
+        Command::Audio(c) => cmd::audio::run(&c),
     };
     match result {
         Ok(code) => code,

@@ -88,3 +88,34 @@ fn weights_init_writes_a_loadable_directory() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("huge"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn audio_features_writes_mel_and_features() {
+    let out =
+        std::env::temp_dir().join(format!("osa-cli-features-{}.safetensors", std::process::id()));
+    let run = osa()
+        .args(["audio", "features", "--audio", "target/samples/speech.wav", "--fps", "25", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let tensors: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+    let mel = tensors["mel"].size();
+    let features = tensors["features"].size();
+    assert_eq!(mel[0], 80);
+    assert_eq!(features[1..], [50, 16], "tiny preset: 50 tokens of 16");
+    // About one frame per 40 ms of a ~7.5 s sentence, and 100 mel frames/s.
+    assert!(
+        (mel[1] as f64 / 100.0 - features[0] as f64 / 25.0).abs() < 0.1,
+        "{mel:?} {features:?}"
+    );
+    let bad = osa()
+        .args(["audio", "features", "--audio", "Cargo.toml", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("Cargo.toml"));
+    std::fs::remove_file(&out).unwrap();
+}

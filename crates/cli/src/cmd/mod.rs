@@ -1,5 +1,6 @@
 //! The `osa` subcommands.
 
+pub mod audio;
 pub mod face;
 pub mod render;
 pub mod weights;
