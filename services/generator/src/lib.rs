@@ -63,7 +63,7 @@ pub async fn run(
     let store: SharedStore = Arc::new(OnceCell::new());
     if g.redis_url.is_empty() {
         let memory: Arc<dyn ContextStore> =
-            Arc::new(MemoryStore::new(g.idle_timeout, g.max_streams));
+            Arc::new(MemoryStore::new(g.idle_timeout, g.max_streams, g.avatar_cache));
         let _ = store.set(memory);
     }
     let warm_up = {

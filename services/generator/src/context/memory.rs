@@ -20,17 +20,21 @@ struct Entry {
 #[derive(Debug)]
 pub struct MemoryStore {
     entries: Mutex<HashMap<String, Entry>>,
-    /// Prepared avatars, oldest dropped first beyond `max_streams`.
+    /// Prepared avatars (tens of MB each at full size), oldest dropped
+    /// first beyond `max_avatars`.
     avatars: Mutex<Vec<(String, std::sync::Arc<Vec<u8>>)>>,
+    max_avatars: usize,
     idle_timeout: Duration,
     max_streams: usize,
 }
 
 impl MemoryStore {
-    pub fn new(idle_timeout: Duration, max_streams: usize) -> Self {
+    /// At most `max_streams` open streams and `max_avatars` prepared avatars.
+    pub fn new(idle_timeout: Duration, max_streams: usize, max_avatars: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
             avatars: Mutex::new(Vec::new()),
+            max_avatars: max_avatars.max(1),
             idle_timeout,
             max_streams,
         }
@@ -120,7 +124,7 @@ impl ContextStore for MemoryStore {
         validate_stream_id(avatar_id)?;
         let mut avatars = self.avatars.lock().unwrap_or_else(|e| e.into_inner());
         avatars.retain(|(id, _)| id != avatar_id);
-        if avatars.len() >= self.max_streams {
+        while avatars.len() >= self.max_avatars {
             avatars.remove(0);
         }
         avatars.push((avatar_id.to_owned(), std::sync::Arc::new(bytes.to_vec())));
@@ -146,14 +150,14 @@ mod tests {
 
     #[tokio::test]
     async fn conformance() {
-        let store = MemoryStore::new(Duration::from_secs(60), 100);
+        let store = MemoryStore::new(Duration::from_secs(60), 100, 4);
         conformance::create_load_commit(&store).await;
         conformance::racing_commits_have_one_winner(Arc::new(store)).await;
     }
 
     #[tokio::test]
     async fn idle_streams_expire_and_use_refreshes_them() {
-        let store = MemoryStore::new(Duration::from_millis(200), 100);
+        let store = MemoryStore::new(Duration::from_millis(200), 100, 4);
         store.create("a", &conformance::ctx(0, b"")).await.unwrap();
         store.create("b", &conformance::ctx(0, b"")).await.unwrap();
         for _ in 0..4 {
@@ -166,7 +170,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_number_of_streams_is_bounded() {
-        let store = MemoryStore::new(Duration::from_secs(60), 2);
+        let store = MemoryStore::new(Duration::from_secs(60), 2, 4);
         store.create("a", &conformance::ctx(0, b"")).await.unwrap();
         store.create("b", &conformance::ctx(0, b"")).await.unwrap();
         assert!(matches!(
@@ -178,8 +182,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn prepared_avatars_are_bounded_oldest_first() {
+        let store = MemoryStore::new(Duration::from_secs(60), 10, 2);
+        for id in ["a", "b", "c"] {
+            store.put_avatar(id, id.as_bytes()).await.unwrap();
+        }
+        assert_eq!(store.get_avatar("a").await.unwrap(), None);
+        assert_eq!(store.get_avatar("c").await.unwrap().as_deref(), Some(&b"c"[..]));
+    }
+
+    #[tokio::test]
     async fn bad_stream_ids_are_rejected() {
-        let store = MemoryStore::new(Duration::from_secs(60), 2);
+        let store = MemoryStore::new(Duration::from_secs(60), 2, 4);
         for id in ["", "has space", "{tag}", &"x".repeat(129)] {
             let err = store.create(id, &conformance::ctx(0, b"")).await.unwrap_err();
             assert!(matches!(err, ContextError::InvalidStreamId(_)), "{id:?}");
