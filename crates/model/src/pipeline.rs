@@ -104,9 +104,27 @@ impl Pipeline {
 
     /// Loads a weights directory (see [`crate::weights`]).
     pub fn load(dir: &Path, placement: Placement) -> Result<Self, PipelineError> {
+        Self::load_sized(dir, placement, None)
+    }
+
+    /// [`Self::load`] rendering at `size` (width, height) instead of the
+    /// preset's own (EchoMimic: 512x512, 512x896 or 896x512).
+    pub fn load_sized(
+        dir: &Path,
+        placement: Placement,
+        size: Option<(u32, u32)>,
+    ) -> Result<Self, PipelineError> {
         let manifest = crate::weights::read_manifest(dir)?;
-        let preset = Preset::by_name(&manifest.preset)
+        let mut preset = Preset::by_name(&manifest.preset)
             .ok_or_else(|| PipelineError::Input(format!("unknown preset {:?}", manifest.preset)))?;
+        if let Some((w, h)) = size {
+            if w == 0 || h == 0 || w % 64 != 0 || h % 64 != 0 {
+                return Err(PipelineError::Input(format!(
+                    "frame size {w}x{h}: both sides must be positive multiples of 64"
+                )));
+            }
+            preset = preset.sized(w, h);
+        }
         let mut components = Components::build(&preset, placement.device);
         components.load(dir)?;
         let detector = dir.join(FACE_DETECTOR_FILE);
@@ -181,14 +199,14 @@ impl Pipeline {
             Some(d) => d.detect(image)?,
             None => Vec::new(),
         };
-        let size = self.preset.width;
-        if self.preset.width != self.preset.height {
-            return Err(PipelineError::Input(format!(
-                "reference preparation needs a square preset, not {}x{}",
-                self.preset.width, self.preset.height
-            )));
+        let (width, height) = (self.preset.width, self.preset.height);
+        let mut reference = prepare_from_detections(image, &faces, width.max(height))?;
+        if width != height {
+            // EchoMimic resizes the square face crop (and its mask) to W x H.
+            use image::imageops::{FilterType, resize};
+            reference.crop = resize(&reference.crop, width, height, FilterType::Triangle);
+            reference.mask = resize(&reference.mask, width, height, FilterType::Triangle);
         }
-        let reference = prepare_from_detections(image, &faces, size)?;
         let (device, kind) = (self.placement.device, self.placement.kind);
         let (w, h) = reference.crop.dimensions();
         let pixels = Tensor::from_slice(reference.crop.as_raw())

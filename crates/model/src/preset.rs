@@ -29,7 +29,7 @@ pub struct Preset {
 }
 
 /// Names accepted by [`Preset::by_name`].
-pub const PRESET_NAMES: &[&str] = &["tiny", "echomimic"];
+pub const PRESET_NAMES: &[&str] = &["tiny", "echomimic", "echomimic-512x896", "echomimic-896x512"];
 
 impl Preset {
     /// EchoMimic v1 at 512x512 (config.md of the design notes).
@@ -98,13 +98,22 @@ impl Preset {
         }
     }
 
-    /// `tiny` or `echomimic`.
+    /// One of [`PRESET_NAMES`]. The sized EchoMimic variants share the
+    /// weights of `echomimic` (the networks are fully convolutional).
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "tiny" => Some(Self::tiny()),
             "echomimic" => Some(Self::echomimic()),
+            "echomimic-512x896" => Some(Self::echomimic_sized(512, 896)),
+            "echomimic-896x512" => Some(Self::echomimic_sized(896, 512)),
             _ => None,
         }
+    }
+
+    /// The same networks at another frame size (multiples of 64 keep every
+    /// UNet level's size even).
+    pub fn sized(self, width: u32, height: u32) -> Self {
+        Self { width, height, ..self }
     }
 
     /// Latent height and width (image size / 8).

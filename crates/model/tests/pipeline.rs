@@ -205,3 +205,23 @@ fn an_avatar_survives_serialisation() {
     );
     assert!(osa_model::pipeline::Avatar::from_bytes(b"garbage", Placement::cpu()).is_err());
 }
+
+#[test]
+fn a_portrait_preset_renders_non_square_frames() {
+    let preset = Preset::tiny().sized(64, 128);
+    let pipe = Pipeline::random(preset.clone(), 3, Placement::cpu(), None).unwrap();
+    let avatar = pipe.prepare_avatar(&portrait()).unwrap();
+    assert_eq!(avatar.latent.size(), vec![1, 4, 16, 8]);
+    assert_eq!(avatar.reference.crop.dimensions(), (64, 128));
+    let audio = Tensor::zeros(
+        [preset.frames, 50, preset.audio_encoder.n_state],
+        (Kind::Float, tch::Device::Cpu),
+    );
+    let clip = pipe.generate_clip(&avatar, &RollingState::new(1, 1), &audio).unwrap();
+    let rgb = pipe.decode(&clip.latents).unwrap();
+    assert_eq!(rgb.size(), vec![preset.frames, 128, 64, 3]);
+    for name in osa_model::preset::PRESET_NAMES {
+        assert!(Preset::by_name(name).is_some(), "{name}");
+    }
+    assert_eq!(Preset::by_name("echomimic-512x896").map(|p| (p.width, p.height)), Some((512, 896)));
+}

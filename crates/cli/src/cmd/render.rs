@@ -50,6 +50,10 @@ pub struct Args {
     /// Video bitrate in kbit/s (default: the encoder's choice for the size).
     #[arg(long)]
     bitrate_kbps: Option<u32>,
+    /// Frame size WIDTHxHEIGHT (EchoMimic: 512x512, 512x896, 896x512);
+    /// default: the preset's.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(u32, u32)>,
     /// Longest audio accepted, in seconds.
     #[arg(long, default_value_t = 600)]
     max_audio_seconds: u64,
@@ -144,7 +148,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
 fn load_pipeline(args: &Args) -> anyhow::Result<Pipeline> {
     let placement = Placement::auto();
     if let Some(dir) = &args.weights {
-        let pipe = Pipeline::load(dir, placement)
+        let pipe = Pipeline::load_sized(dir, placement, args.size)
             .with_context(|| format!("loading weights from {}", dir.display()))?;
         if osa_model::weights::read_manifest(dir)?.random {
             eprintln!(
@@ -159,7 +163,21 @@ fn load_pipeline(args: &Args) -> anyhow::Result<Pipeline> {
          every stage for real, but random weights do not make a real face"
     );
     let detector = super::face_detector_path(args.face_detector.as_ref());
-    Ok(Pipeline::random(Preset::tiny(), 0, placement, detector.as_deref())?)
+    let preset = match args.size {
+        Some((w, h)) => Preset::tiny().sized(w, h),
+        None => Preset::tiny(),
+    };
+    Ok(Pipeline::random(preset, 0, placement, detector.as_deref())?)
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?} is not WIDTHxHEIGHT with sides that are multiples of 64");
+    let (w, h) = s.split_once('x').ok_or_else(bad)?;
+    let (w, h): (u32, u32) = (w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
+    if w == 0 || h == 0 || w % 64 != 0 || h % 64 != 0 {
+        return Err(bad());
+    }
+    Ok((w, h))
 }
 
 /// `features` [N, S, D] padded to `len` frames by repeating the last frame
