@@ -46,8 +46,12 @@ impl std::str::FromStr for Recipe {
 pub struct FeaturesOptions {
     /// Video frame rate: 24, 25 or 30.
     pub fps: u32,
-    /// Weights directory; `None` = seeded random tiny weights (seed 0).
+    /// Weights directory; `None` = seeded random weights (seed 0) of
+    /// `preset`.
     pub weights: Option<PathBuf>,
+    /// Preset of the random weights: `tiny` (C = 16) or `echomimic`
+    /// (whisper-tiny, C = 384).
+    pub preset: String,
     pub recipe: Recipe,
     /// Longest audio accepted.
     pub max_duration: std::time::Duration,
@@ -59,6 +63,7 @@ impl FeaturesOptions {
         Self {
             fps,
             weights: None,
+            preset: "tiny".into(),
             recipe: Recipe::Service,
             max_duration: std::time::Duration::from_secs(600),
         }
@@ -134,7 +139,7 @@ pub fn features_of_samples(
         Recipe::Service => {
             let model = WindowModel::load(&ModelConfig {
                 weights: weights.map(Path::to_path_buf),
-                preset: "tiny".into(),
+                preset: options.preset.clone(),
                 seed: 0,
                 placement,
                 plan: WindowPlan::default(),
@@ -143,7 +148,7 @@ pub fn features_of_samples(
             f
         }
         Recipe::EchoMimic => {
-            let cfg = encoder_config(weights, "tiny")?;
+            let cfg = encoder_config(weights, &options.preset)?;
             let (_vs, encoder) = build_encoder(&cfg, weights, 0, placement)?;
             AudioFeatureExtractor::new(encoder)
                 .features(samples, options.fps)

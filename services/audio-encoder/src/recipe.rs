@@ -429,6 +429,33 @@ mod tests {
     }
 
     #[test]
+    fn a_clip_leaves_as_soon_as_its_look_ahead_has_arrived() {
+        let plan = WindowPlan::default();
+        let mut seg = Segment::new(plan, LAYOUT, 1, 0);
+        let mut clips = Vec::new();
+        let mut emitted_at = Vec::new();
+        while seg.received() < 3 * 16_000 {
+            seg.push(&[0.0; HOP]);
+            let before = clips.len();
+            run(&mut seg, 1, &mut clips);
+            emitted_at.extend(std::iter::repeat_n(seg.received(), clips.len() - before));
+        }
+        // Clip c's last frame 12c + 11 reads up to position c' + 5 with
+        // c' = 2 (12c + 11); the window whose core holds it ends 25
+        // positions (0.5 s) of right context later, plus 320 samples.
+        for (c, &at) in emitted_at.iter().enumerate() {
+            let last_pos = 2 * (12 * c + 11) + 5;
+            let core_end = (last_pos / plan.core + 1) * plan.core;
+            assert_eq!(
+                at,
+                (core_end + plan.right) * SAMPLES_PER_POSITION + SPAN_MARGIN,
+                "clip {c}"
+            );
+        }
+        assert!(emitted_at.len() >= 3);
+    }
+
+    #[test]
     fn spans_are_aligned_and_short_segments_fail() {
         let plan = WindowPlan::default();
         let mut seg = Segment::new(plan, LAYOUT, 1, 0);
