@@ -481,3 +481,40 @@ async fn worker_decodes_two_streams_in_one_batch() {
         assert!(diff <= 1, "stream {stream}: batched differs from alone by {diff}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_the_limit_are_resource_exhausted() {
+    let mut s = settings();
+    s.decoder.max_streams = 1;
+    let server = start(s).await;
+    let mut c = client(&server).await;
+    // Hold one stream open (start sent, nothing else yet).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(start_msg(VideoOutput::RawFrames, false, 0)).await.unwrap();
+    let mut held =
+        c.decode(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let e = call(&mut c, vec![start_msg(VideoOutput::RawFrames, false, 0)]).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.metadata().get("retry-after-ms").is_some());
+    // The held stream still works, and once it ends the slot is free again.
+    tx.send(clip_msg(0, 0, 12)).await.unwrap();
+    tx.send(end_msg()).await.unwrap();
+    assert!(held.message().await.unwrap().is_some());
+    assert!(held.message().await.unwrap().is_none());
+    drop(tx);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call(&mut c, vec![start_msg(VideoOutput::RawFrames, false, 0), end_msg()]).await;
+        match r {
+            Ok(out) => {
+                assert!(out.is_empty());
+                break;
+            }
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
