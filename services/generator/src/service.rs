@@ -258,7 +258,17 @@ impl GeneratorService for Generator {
                         }
                     };
                     let last = clip.last;
-                    match this.one_clip(&store, &id, geometry, clip).await {
+                    // A client that leaves while its clip waits for the
+                    // model takes the clip out of the queue: dropping this
+                    // future drops the reply the model thread checks.
+                    let result = tokio::select! {
+                        r = this.one_clip(&store, &id, geometry, clip) => r,
+                        () = tx.closed() => {
+                            tracing::debug!("client left; clip dropped");
+                            break;
+                        }
+                    };
+                    match result {
                         Ok(out) => {
                             if tx.send(Ok(out)).await.is_err() {
                                 break;

@@ -366,7 +366,10 @@ type Reply = oneshot::Sender<Result<ClipResult, WorkerError>>;
 /// Runs a batch: groups by step count, one UNet call per step per group.
 fn run_clips(pipe: &Pipeline, cache: &mut AvatarCache, clips: Vec<(ClipRequest, Reply)>) {
     // Skip streams whose client left while queued.
+    let before = clips.len();
     let clips: Vec<_> = clips.into_iter().filter(|(_, reply)| !reply.is_closed()).collect();
+    metrics::counter!("osa_generator_clips_cancelled_total")
+        .increment((before - clips.len()) as u64);
     for (req, _) in &clips {
         metrics::histogram!("osa_generator_queue_wait_seconds")
             .record(req.enqueued.elapsed().as_secs_f64());

@@ -398,3 +398,44 @@ async fn streams_batched_together_equal_each_alone() {
     assert_same(&a.unwrap(), &embedded_with(7, 2));
     assert_same(&b.unwrap(), &embedded_with(8, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_takes_its_queued_clip_out() {
+    let recorder = osa_runtime::metrics::install();
+    let cancelled = || {
+        recorder
+            .render()
+            .lines()
+            .find(|l| l.starts_with("osa_generator_clips_cancelled_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut s = settings(None);
+    s.generator.max_batch = 1;
+    let server = start(s).await;
+    let mut c = client(&server).await;
+    prepare(&mut c).await;
+    let before = cancelled();
+    // Six streams queue a clip each; five clients leave at once.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            generate(&mut c, vec![start_msg(&format!("gone{i}"), false), clip_msg(0, false)]).await
+        }));
+    }
+    // Long enough for the clips to reach the queue, short against the
+    // model's time for six clips one at a time.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let keep = tasks.pop().unwrap();
+    for t in &tasks {
+        t.abort();
+    }
+    assert_eq!(keep.await.unwrap().unwrap().len(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cancelled() <= before {
+        assert!(tokio::time::Instant::now() < deadline, "no queued clip was dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
