@@ -280,6 +280,26 @@ async fn fmp4_segments_concatenate_into_a_clean_stream() {
     assert_eq!(num(&v["nb_read_frames"]), 36.0);
     assert_eq!(stream_of(&probe, "audio")["codec_name"], "opus");
     assert_eq!(ffmpeg_errors(&path), "");
+    // The audio (1.44 s in) ends within one frame of the video.
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "a:0", "-show_entries", "packet=pts_time"])
+        .args(["-of", "csv=p=0"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    // Packet durations are not stored per packet: the end is the last
+    // packet's pts plus the (constant, 20 ms) packet spacing.
+    let pts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(',').next()?.parse().ok())
+        .collect();
+    assert!(pts.len() > 2, "audio packets: {pts:?}");
+    let end = pts[pts.len() - 1] + (pts[1] - pts[0]);
+    assert!(
+        (end - 1.44).abs() <= 1.0 / f64::from(FPS),
+        "audio ends at {end} s: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 fn raw_frames(out: &[DecodeResponse]) -> Vec<HostTensor> {
