@@ -538,3 +538,30 @@ async fn streams_over_the_limit_are_resource_exhausted() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_frees_its_stream() {
+    let mut s = settings();
+    s.decoder.max_streams = 1;
+    let server = start(s).await;
+    let mut c = client(&server).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(start_msg(VideoOutput::Mp4File, false, 0)).await.unwrap();
+    tx.send(clip_msg(0, 0, 12)).await.unwrap();
+    let held = c.decode(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap();
+    // Leave without `end`: drop both directions.
+    drop(held);
+    drop(tx);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call(&mut c, vec![start_msg(VideoOutput::RawFrames, false, 0), end_msg()]).await;
+        match r {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(tokio::time::Instant::now() < deadline, "the left stream kept its slot");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
