@@ -24,12 +24,35 @@ impl Placement {
     pub fn cpu() -> Self {
         Self { device: Device::Cpu, kind: Kind::Float }
     }
+
+    /// A `device` setting: `auto` ([`Self::auto`]), `cpu`, `cuda` or
+    /// `cuda:N` (fp16 on CUDA).
+    pub fn parse(setting: &str) -> Result<Self, String> {
+        let cuda = |n| Ok(Self { device: Device::Cuda(n), kind: Kind::Half });
+        match setting {
+            "auto" => Ok(Self::auto()),
+            "cpu" => Ok(Self::cpu()),
+            "cuda" => cuda(0),
+            _ => match setting.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                Some(n) => cuda(n),
+                None => Err(format!("{setting:?} is not one of auto, cpu, cuda, cuda:N")),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tch::Tensor;
+
+    #[test]
+    fn device_settings_parse() {
+        assert_eq!(Placement::parse("cpu"), Ok(Placement::cpu()));
+        assert_eq!(Placement::parse("cuda:1").unwrap().device, Device::Cuda(1));
+        assert_eq!(Placement::parse("cuda").unwrap().kind, Kind::Half);
+        assert!(Placement::parse("gpu").unwrap_err().contains("gpu"));
+    }
 
     #[test]
     fn libtorch_links_and_computes() {

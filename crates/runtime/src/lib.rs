@@ -9,12 +9,14 @@
 //!   shutdown)`, health (NOT_SERVING until warm), reflection, graceful drain.
 //! - [`error`]: the one mapping from service errors to gRPC status codes.
 //! - [`client`]: channels to other stages with the same limits and tracing.
+//! - [`model_queue`]: the bounded queue in front of a model's owner thread.
 
 pub mod app;
 pub mod client;
 pub mod drain;
 pub mod error;
 pub mod metrics;
+pub mod model_queue;
 pub mod serve;
 pub mod settings;
 pub mod shutdown;

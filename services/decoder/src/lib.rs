@@ -28,14 +28,6 @@ fn path(s: &str) -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
 
-fn placement(device: &str) -> Placement {
-    match device {
-        "cpu" => Placement::cpu(),
-        "cuda" => Placement { device: tch::Device::Cuda(0), kind: tch::Kind::Half },
-        _ => Placement::auto(),
-    }
-}
-
 /// Serves the decoder on `listener` until `shutdown` and the drain are over.
 pub async fn run(
     settings: Settings,
@@ -47,7 +39,7 @@ pub async fn run(
         weights: path(&d.weights),
         seed: d.seed,
         fast_decoder: path(&d.fast_decoder),
-        placement: placement(&d.device),
+        placement: Placement::parse(&d.device).map_err(anyhow::Error::msg)?,
         queue_capacity: d.queue_capacity,
         max_batch: d.max_batch,
         max_batch_wait: d.max_batch_wait,

@@ -6,11 +6,6 @@
 
 use std::{
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
-    },
     time::{Duration, Instant},
 };
 
@@ -20,6 +15,7 @@ use osa_model::{
     taesd::{TaesdConfig, TaesdDecoder},
     vae::AutoencoderKL,
 };
+use osa_runtime::model_queue::{Inbox, ModelQueue, QueueError, model_queue};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 use tokio::sync::{oneshot, watch};
 
@@ -93,15 +89,13 @@ struct Command {
 /// Handle to the model thread; cheap to clone.
 #[derive(Clone)]
 pub struct Worker {
-    tx: SyncSender<Command>,
-    queued: Arc<AtomicUsize>,
-    capacity: usize,
+    queue: ModelQueue<Command>,
     ready: watch::Receiver<Option<Result<Geometry, String>>>,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("capacity", &self.capacity).finish()
+        f.debug_struct("Worker").field("capacity", &self.queue.capacity()).finish()
     }
 }
 
@@ -109,15 +103,12 @@ impl Worker {
     /// Starts the thread; it loads the decoders and warms them up, then
     /// reports ready (see [`Worker::ready`]).
     pub fn start(config: WorkerConfig) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let (queue, inbox) = model_queue(config.queue_capacity, "osa_decoder_queue_size");
         let (ready_tx, ready) = watch::channel(None);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let capacity = config.queue_capacity;
-        let q = queued.clone();
         std::thread::Builder::new()
             .name("osa-decoder-model".into())
-            .spawn(move || thread_main(config, rx, ready_tx, q))?;
-        Ok(Self { tx, queued, capacity, ready })
+            .spawn(move || thread_main(config, inbox, ready_tx))?;
+        Ok(Self { queue, ready })
     }
 
     /// Waits until the model is loaded and warm; its geometry, or why it
@@ -133,15 +124,10 @@ impl Worker {
     /// skips jobs nobody waits for).
     pub async fn decode(&self, job: DecodeJob) -> Result<Decoded, WorkerError> {
         let (reply, rx) = oneshot::channel();
-        let n = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("osa_decoder_queue_size").set(n as f64);
-        if let Err(e) = self.tx.try_send(Command { job, reply }) {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(match e {
-                TrySendError::Full(_) => WorkerError::Busy(self.capacity),
-                TrySendError::Disconnected(_) => WorkerError::Gone,
-            });
-        }
+        self.queue.try_send(Command { job, reply }).map_err(|e| match e {
+            QueueError::Full(n) => WorkerError::Busy(n),
+            QueueError::Closed => WorkerError::Gone,
+        })?;
         rx.await.map_err(|_| WorkerError::Gone)?
     }
 }
@@ -286,9 +272,8 @@ fn warm_up(d: &Decoders) -> Result<Geometry, String> {
 
 fn thread_main(
     config: WorkerConfig,
-    rx: mpsc::Receiver<Command>,
+    inbox: Inbox<Command>,
     ready: watch::Sender<Option<Result<Geometry, String>>>,
-    queued: Arc<AtomicUsize>,
 ) {
     let started = Instant::now();
     let decoders = match build(&config).and_then(|d| warm_up(&d).map(|g| (d, g))) {
@@ -309,21 +294,16 @@ fn thread_main(
             return;
         }
     };
-    let take = |cmd| {
-        queued.fetch_sub(1, Ordering::Relaxed);
-        cmd
-    };
-    while let Ok(first) = rx.recv().map(take) {
+    while let Some(first) = inbox.recv() {
         let mut batch = vec![first];
         let deadline = Instant::now() + config.max_batch_wait;
         while batch.len() < config.max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left).map(take) {
-                Ok(cmd) => batch.push(cmd),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            match inbox.recv_timeout(left) {
+                Some(cmd) => batch.push(cmd),
+                None => break,
             }
         }
-        metrics::gauge!("osa_decoder_queue_size").set(queued.load(Ordering::Relaxed) as f64);
         run_batch(&decoders, batch);
     }
 }

@@ -35,14 +35,6 @@ fn path(s: &str) -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
 
-fn placement(device: &str) -> Placement {
-    match device {
-        "cpu" => Placement::cpu(),
-        "cuda" => Placement { device: tch::Device::Cuda(0), kind: tch::Kind::Half },
-        _ => Placement::auto(),
-    }
-}
-
 /// Serves the generator on `listener` until `shutdown` and the drain are over.
 pub async fn run(
     settings: Settings,
@@ -54,7 +46,7 @@ pub async fn run(
         weights: path(&g.weights),
         seed: g.seed,
         face_detector: path(&g.face_detector),
-        placement: placement(&g.device),
+        placement: Placement::parse(&g.device).map_err(anyhow::Error::msg)?,
         avatar_cache: g.avatar_cache,
         queue_capacity: g.queue_capacity,
         max_batch: g.max_batch,

@@ -6,11 +6,6 @@
 use std::{
     collections::VecDeque,
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
-    },
     time::{Duration, Instant},
 };
 
@@ -22,6 +17,7 @@ use osa_model::{
     preset::Preset,
     rolling::RollingState,
 };
+use osa_runtime::model_queue::{Inbox, ModelQueue, QueueError, model_queue};
 use tch::{Kind, Tensor};
 use tokio::sync::{oneshot, watch};
 
@@ -125,15 +121,13 @@ enum Command {
 /// Handle to the model thread; cheap to clone.
 #[derive(Clone)]
 pub struct Worker {
-    tx: SyncSender<Command>,
-    queued: Arc<AtomicUsize>,
-    capacity: usize,
+    queue: ModelQueue<Command>,
     ready: watch::Receiver<Option<Result<Geometry, String>>>,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("capacity", &self.capacity).finish()
+        f.debug_struct("Worker").field("capacity", &self.queue.capacity()).finish()
     }
 }
 
@@ -141,15 +135,12 @@ impl Worker {
     /// Starts the thread; it loads the model and warms it up, then reports
     /// ready (see [`Worker::ready`]).
     pub fn start(config: WorkerConfig) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let (queue, inbox) = model_queue(config.queue_capacity, "osa_generator_queue_size");
         let (ready_tx, ready) = watch::channel(None);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let capacity = config.queue_capacity;
-        let q = queued.clone();
         std::thread::Builder::new()
             .name("osa-generator-model".into())
-            .spawn(move || thread_main(config, rx, ready_tx, q))?;
-        Ok(Self { tx, queued, capacity, ready })
+            .spawn(move || thread_main(config, inbox, ready_tx))?;
+        Ok(Self { queue, ready })
     }
 
     /// Waits until the model is loaded and warm; its geometry, or why it
@@ -162,18 +153,10 @@ impl Worker {
     }
 
     fn send(&self, cmd: Command) -> Result<(), WorkerError> {
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("osa_generator_queue_size").set(self.queued.load(Ordering::Relaxed) as f64);
-        match self.tx.try_send(cmd) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.queued.fetch_sub(1, Ordering::Relaxed);
-                match e {
-                    TrySendError::Full(_) => Err(WorkerError::Busy(self.capacity)),
-                    TrySendError::Disconnected(_) => Err(WorkerError::Gone),
-                }
-            }
-        }
+        self.queue.try_send(cmd).map_err(|e| match e {
+            QueueError::Full(n) => WorkerError::Busy(n),
+            QueueError::Closed => WorkerError::Gone,
+        })
     }
 
     pub async fn prepare(
@@ -262,9 +245,8 @@ fn warm_up(pipe: &Pipeline) -> Result<Geometry, String> {
 
 fn thread_main(
     config: WorkerConfig,
-    rx: mpsc::Receiver<Command>,
+    inbox: Inbox<Command>,
     ready: watch::Sender<Option<Result<Geometry, String>>>,
-    queued: Arc<AtomicUsize>,
 ) {
     let started = Instant::now();
     let pipe = match load_pipeline(&config).and_then(|p| warm_up(&p).map(|g| (p, g))) {
@@ -285,11 +267,7 @@ fn thread_main(
         }
     };
     let mut cache = AvatarCache { entries: VecDeque::new(), capacity: config.avatar_cache };
-    let take = |cmd| {
-        queued.fetch_sub(1, Ordering::Relaxed);
-        cmd
-    };
-    while let Ok(first) = rx.recv().map(take) {
+    while let Some(first) = inbox.recv() {
         let mut clips = Vec::new();
         let mut others = Vec::new();
         let mut sort = |cmd: Command| match cmd {
@@ -301,14 +279,13 @@ fn thread_main(
             let deadline = Instant::now() + config.max_batch_wait;
             while clips.len() < config.max_batch {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left).map(take) {
-                    Ok(Command::Generate { request, reply }) => clips.push((request, reply)),
-                    Ok(other) => others.push(other),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                match inbox.recv_timeout(left) {
+                    Some(Command::Generate { request, reply }) => clips.push((request, reply)),
+                    Some(other) => others.push(other),
+                    None => break,
                 }
             }
         }
-        metrics::gauge!("osa_generator_queue_size").set(queued.load(Ordering::Relaxed) as f64);
         for cmd in others {
             handle_other(&pipe, &mut cache, cmd);
         }
