@@ -23,6 +23,8 @@ enum Command {
     /// Audio features, as the audio-encoder computes them.
     #[command(subcommand)]
     Audio(cmd::audio::Command),
+    /// The gateway's API keys (stored hashed in Redis, one tenant each).
+    Keys(cmd::keys::Args),
     /// Create, convert and inspect weights directories.
     #[command(subcommand)]
     Weights(cmd::weights::Command),
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Face(args) => cmd::face::run(&args),
         Command::Weights(c) => cmd::weights::run(&c),
         Command::Audio(c) => cmd::audio::run(&c),
+        Command::Keys(args) => cmd::keys::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -3,9 +3,13 @@
 //!
 //! It orchestrates jobs and live sessions through the stages
 //! (audio-encoder -> generator -> decoder) and holds no model, so it links no
-//! libtorch. Served so far: InfoService (model, presets, limits).
+//! libtorch. Served so far: InfoService (model, presets, limits). Ready for
+//! the public services: API keys ([`keys`], `osa keys`) and the
+//! authentication wrapper ([`auth`]).
 
+pub mod auth;
 mod info;
+pub mod keys;
 pub mod settings;
 
 pub use settings::Settings;
@@ -13,6 +17,11 @@ pub use settings::Settings;
 use osa_proto::v1::info_service_server::InfoServiceServer;
 use osa_runtime::{Shutdown, serve::ServiceSet};
 use tokio::net::TcpListener;
+
+/// The InfoService implementation for `settings` (to serve it, or wrap it).
+pub fn info_service(settings: &Settings) -> impl osa_proto::v1::info_service_server::InfoService {
+    info::Info::new(settings)
+}
 
 /// Serves the gateway on `listener` until `shutdown` and the drain are over.
 pub async fn run(

@@ -2,6 +2,7 @@
 
 pub mod audio;
 pub mod face;
+pub mod keys;
 pub mod render;
 pub mod weights;
 
