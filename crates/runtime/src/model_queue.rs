@@ -6,6 +6,8 @@
 //! [`QueueError::Full`], which services answer with RESOURCE_EXHAUSTED), the
 //! thread blocks on [`Inbox::recv`] and gathers batches with
 //! [`Inbox::recv_timeout`], and the queue depth is published as a gauge.
+//! [`ModelThread`] adds the thread itself and its readiness (a service is
+//! NOT_SERVING until its model has loaded and warmed up).
 
 use std::{
     sync::{
@@ -101,6 +103,65 @@ impl<C> Inbox<C> {
     }
 }
 
+/// Sets a model thread's readiness once: its geometry, or why it failed.
+#[derive(Debug)]
+pub struct Ready<G>(tokio::sync::watch::Sender<Option<Result<G, String>>>);
+
+impl<G> Ready<G> {
+    pub fn set(self, result: Result<G, String>) {
+        // Nobody waiting (the service is gone) is fine.
+        let _ = self.0.send(Some(result));
+    }
+}
+
+/// Handle to a model's owner thread: its queue and its readiness. Cheap to
+/// clone.
+#[derive(Debug)]
+pub struct ModelThread<C, G> {
+    queue: ModelQueue<C>,
+    ready: tokio::sync::watch::Receiver<Option<Result<G, String>>>,
+}
+
+impl<C, G> Clone for ModelThread<C, G> {
+    fn clone(&self) -> Self {
+        Self { queue: self.queue.clone(), ready: self.ready.clone() }
+    }
+}
+
+impl<C: Send + 'static, G: Clone + Send + Sync + 'static> ModelThread<C, G> {
+    /// Spawns `body` on an OS thread named `name`, fed by a queue of
+    /// `capacity` commands (depth published as `gauge`); `body` reports
+    /// through its [`Ready`] once the model is loaded (or failed to).
+    pub fn spawn(
+        name: &str,
+        capacity: usize,
+        gauge: &'static str,
+        body: impl FnOnce(Inbox<C>, Ready<G>) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (queue, inbox) = model_queue(capacity, gauge);
+        let (tx, ready) = tokio::sync::watch::channel(None);
+        std::thread::Builder::new().name(name.to_owned()).spawn(move || body(inbox, Ready(tx)))?;
+        Ok(Self { queue, ready })
+    }
+
+    /// Queues `cmd` without waiting.
+    pub fn try_send(&self, cmd: C) -> Result<(), QueueError> {
+        self.queue.try_send(cmd)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
+    /// Waits until the model is loaded and warm: its geometry, or why not.
+    pub async fn ready(&self) -> Result<G, String> {
+        let mut rx = self.ready.clone();
+        let state =
+            rx.wait_for(Option::is_some).await.map_err(|_| "model thread died".to_owned())?;
+        state.clone().unwrap_or_else(|| Err("not ready".into()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +179,30 @@ mod tests {
         assert_eq!(q.depth.load(Ordering::Relaxed), 0);
         drop(inbox);
         assert_eq!(q.try_send(4), Err(QueueError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_model_thread_reports_ready_then_serves() {
+        let t = ModelThread::<u32, &'static str>::spawn(
+            "test-model",
+            4,
+            "test_depth",
+            |inbox, ready| {
+                ready.set(Ok("warm"));
+                while let Some(n) = inbox.recv() {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(t.ready().await, Ok("warm"));
+        t.try_send(1).unwrap();
+        let failed = ModelThread::<u32, ()>::spawn("test-fail", 1, "test_depth2", |_, ready| {
+            ready.set(Err("no weights".into()));
+        })
+        .unwrap();
+        assert_eq!(failed.ready().await, Err("no weights".into()));
     }
 }

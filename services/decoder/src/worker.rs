@@ -15,9 +15,9 @@ use osa_model::{
     taesd::{TaesdConfig, TaesdDecoder},
     vae::AutoencoderKL,
 };
-use osa_runtime::model_queue::{Inbox, ModelQueue, QueueError, model_queue};
+use osa_runtime::model_queue::{Inbox, ModelThread, QueueError, Ready};
 use tch::{Device, Kind, Tensor, nn::VarStore};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 /// How the worker builds its decoders and batches.
 #[derive(Debug, Clone)]
@@ -89,13 +89,12 @@ struct Command {
 /// Handle to the model thread; cheap to clone.
 #[derive(Clone)]
 pub struct Worker {
-    queue: ModelQueue<Command>,
-    ready: watch::Receiver<Option<Result<Geometry, String>>>,
+    thread: ModelThread<Command, Geometry>,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("capacity", &self.queue.capacity()).finish()
+        f.debug_struct("Worker").field("capacity", &self.thread.capacity()).finish()
     }
 }
 
@@ -103,28 +102,26 @@ impl Worker {
     /// Starts the thread; it loads the decoders and warms them up, then
     /// reports ready (see [`Worker::ready`]).
     pub fn start(config: WorkerConfig) -> std::io::Result<Self> {
-        let (queue, inbox) = model_queue(config.queue_capacity, "osa_decoder_queue_size");
-        let (ready_tx, ready) = watch::channel(None);
-        std::thread::Builder::new()
-            .name("osa-decoder-model".into())
-            .spawn(move || thread_main(config, inbox, ready_tx))?;
-        Ok(Self { queue, ready })
+        let thread = ModelThread::spawn(
+            "osa-decoder-model",
+            config.queue_capacity,
+            "osa_decoder_queue_size",
+            move |inbox, ready| thread_main(config, inbox, ready),
+        )?;
+        Ok(Self { thread })
     }
 
     /// Waits until the model is loaded and warm; its geometry, or why it
     /// failed.
     pub async fn ready(&self) -> Result<Geometry, String> {
-        let mut rx = self.ready.clone();
-        let state =
-            rx.wait_for(Option::is_some).await.map_err(|_| "model thread died".to_owned())?;
-        state.clone().unwrap_or_else(|| Err("not ready".into()))
+        self.thread.ready().await
     }
 
     /// Decodes one clip. Dropping the future drops the job (the thread
     /// skips jobs nobody waits for).
     pub async fn decode(&self, job: DecodeJob) -> Result<Decoded, WorkerError> {
         let (reply, rx) = oneshot::channel();
-        self.queue.try_send(Command { job, reply }).map_err(|e| match e {
+        self.thread.try_send(Command { job, reply }).map_err(|e| match e {
             QueueError::Full(n) => WorkerError::Busy(n),
             QueueError::Closed => WorkerError::Gone,
         })?;
@@ -270,11 +267,7 @@ fn warm_up(d: &Decoders) -> Result<Geometry, String> {
     Ok(g)
 }
 
-fn thread_main(
-    config: WorkerConfig,
-    inbox: Inbox<Command>,
-    ready: watch::Sender<Option<Result<Geometry, String>>>,
-) {
+fn thread_main(config: WorkerConfig, inbox: Inbox<Command>, ready: Ready<Geometry>) {
     let started = Instant::now();
     let decoders = match build(&config).and_then(|d| warm_up(&d).map(|g| (d, g))) {
         Ok((d, geometry)) => {
@@ -285,12 +278,12 @@ fn thread_main(
                 ms = started.elapsed().as_millis() as u64,
                 "decoder model ready"
             );
-            let _ = ready.send(Some(Ok(geometry)));
+            ready.set(Ok(geometry));
             d
         }
         Err(e) => {
             tracing::error!(error = %e, "decoder model failed to load");
-            let _ = ready.send(Some(Err(e)));
+            ready.set(Err(e));
             return;
         }
     };

@@ -17,9 +17,9 @@ use osa_model::{
     preset::Preset,
     rolling::RollingState,
 };
-use osa_runtime::model_queue::{Inbox, ModelQueue, QueueError, model_queue};
+use osa_runtime::model_queue::{Inbox, ModelThread, QueueError, Ready};
 use tch::{Kind, Tensor};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 /// How the worker builds its pipeline and batches.
 #[derive(Debug, Clone)]
@@ -121,13 +121,12 @@ enum Command {
 /// Handle to the model thread; cheap to clone.
 #[derive(Clone)]
 pub struct Worker {
-    queue: ModelQueue<Command>,
-    ready: watch::Receiver<Option<Result<Geometry, String>>>,
+    thread: ModelThread<Command, Geometry>,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("capacity", &self.queue.capacity()).finish()
+        f.debug_struct("Worker").field("capacity", &self.thread.capacity()).finish()
     }
 }
 
@@ -135,25 +134,23 @@ impl Worker {
     /// Starts the thread; it loads the model and warms it up, then reports
     /// ready (see [`Worker::ready`]).
     pub fn start(config: WorkerConfig) -> std::io::Result<Self> {
-        let (queue, inbox) = model_queue(config.queue_capacity, "osa_generator_queue_size");
-        let (ready_tx, ready) = watch::channel(None);
-        std::thread::Builder::new()
-            .name("osa-generator-model".into())
-            .spawn(move || thread_main(config, inbox, ready_tx))?;
-        Ok(Self { queue, ready })
+        let thread = ModelThread::spawn(
+            "osa-generator-model",
+            config.queue_capacity,
+            "osa_generator_queue_size",
+            move |inbox, ready| thread_main(config, inbox, ready),
+        )?;
+        Ok(Self { thread })
     }
 
     /// Waits until the model is loaded and warm; its geometry, or why it
     /// failed.
     pub async fn ready(&self) -> Result<Geometry, String> {
-        let mut rx = self.ready.clone();
-        let state =
-            rx.wait_for(Option::is_some).await.map_err(|_| "model thread died".to_owned())?;
-        state.clone().unwrap_or_else(|| Err("not ready".into()))
+        self.thread.ready().await
     }
 
     fn send(&self, cmd: Command) -> Result<(), WorkerError> {
-        self.queue.try_send(cmd).map_err(|e| match e {
+        self.thread.try_send(cmd).map_err(|e| match e {
             QueueError::Full(n) => WorkerError::Busy(n),
             QueueError::Closed => WorkerError::Gone,
         })
@@ -243,11 +240,7 @@ fn warm_up(pipe: &Pipeline) -> Result<Geometry, String> {
     })
 }
 
-fn thread_main(
-    config: WorkerConfig,
-    inbox: Inbox<Command>,
-    ready: watch::Sender<Option<Result<Geometry, String>>>,
-) {
+fn thread_main(config: WorkerConfig, inbox: Inbox<Command>, ready: Ready<Geometry>) {
     let started = Instant::now();
     let pipe = match load_pipeline(&config).and_then(|p| warm_up(&p).map(|g| (p, g))) {
         Ok((pipe, geometry)) => {
@@ -257,12 +250,12 @@ fn thread_main(
                 ms = started.elapsed().as_millis() as u64,
                 "generator model ready"
             );
-            let _ = ready.send(Some(Ok(geometry)));
+            ready.set(Ok(geometry));
             pipe
         }
         Err(e) => {
             tracing::error!(error = %e, "generator model failed to load");
-            let _ = ready.send(Some(Err(e)));
+            ready.set(Err(e));
             return;
         }
     };
