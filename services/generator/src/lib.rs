@@ -9,7 +9,9 @@
 //!   previous clip (EFT). The rolling context lives in the [`context`] store
 //!   (Redis, or memory for one replica) under a compare-and-set version, so
 //!   any replica can serve the next clip of any stream and two can never
-//!   both write the same clip.
+//!   both write the same clip. The commit also keeps the clip's answer, so
+//!   a resumed stream whose first clip is the one committed last (its answer
+//!   lost with a failed replica) gets it again (`osa_generator_replays_total`).
 //! - One model thread ([`worker`]) batches clips of different streams.
 
 pub mod context;

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use crate::{
-    context::{ContextError, ContextStore, StreamContext, validate_stream_id},
+    context::{ContextError, ContextStore, LastClip, StreamContext, validate_stream_id},
     settings::GeneratorSettings,
     worker::{ClipRequest, Geometry, Worker, WorkerError},
 };
@@ -228,12 +228,16 @@ impl GeneratorService for Generator {
                 seed: sampling.seed,
                 next_clip: 0,
                 state: Vec::new(),
+                last: None,
             };
             store.create(&id, &ctx).await.map_err(ServiceError::from)?;
         }
         let (tx, rx) = mpsc::channel(2);
         let this = self.clone();
         let span = tracing::info_span!("generate.stream", stream = %id);
+        // Only the first clip of a resumed stream may be the one already
+        // generated (its answer was lost with the replica that made it).
+        let mut may_replay = start.resume;
         tokio::spawn(
             async move {
                 loop {
@@ -262,12 +266,13 @@ impl GeneratorService for Generator {
                     // model takes the clip out of the queue: dropping this
                     // future drops the reply the model thread checks.
                     let result = tokio::select! {
-                        r = this.one_clip(&store, &id, geometry, clip) => r,
+                        r = this.one_clip(&store, &id, geometry, clip, may_replay) => r,
                         () = tx.closed() => {
                             tracing::debug!("client left; clip dropped");
                             break;
                         }
                     };
+                    may_replay = false;
                     match result {
                         Ok(out) => {
                             if tx.send(Ok(out)).await.is_err() {
@@ -302,13 +307,33 @@ async fn timed<T>(op: &'static str, fut: impl Future<Output = T>) -> T {
     out
 }
 
+/// The wire message of a clip's answer.
+fn answer(g: Geometry, last: LastClip) -> Result<GeneratedClip, ServiceError> {
+    let shape = [g.frames, g.latent_channels, g.latent_height, g.latent_width];
+    let latents = HostTensor::new(DType::F32, shape.map(|d| d as usize).to_vec(), last.latents)
+        .map_err(|e| {
+            ServiceError::internal(format!("latents of clip {}: {e}", last.timing.clip_index))
+        })?;
+    Ok(GeneratedClip {
+        timing: Some(last.timing),
+        latents: Some(latents.into()),
+        unet_seconds: last.unet_seconds,
+    })
+}
+
 impl Generator {
+    /// Generates one clip and commits the stream's context (with the clip's
+    /// answer) before answering. With `may_replay` (the first clip of a
+    /// resumed stream), the clip committed last is answered again from the
+    /// store instead of being refused: the replica that generated it may
+    /// have died before its answer left.
     async fn one_clip(
         &self,
         store: &Arc<dyn ContextStore>,
         id: &str,
         g: Geometry,
         clip: v1::ClipFeatures,
+        may_replay: bool,
     ) -> Result<GeneratedClip, ServiceError> {
         let timing =
             clip.timing.ok_or_else(|| ServiceError::invalid("clip.timing", "is required"))?;
@@ -329,6 +354,19 @@ impl Generator {
         let stored = timed("load", store.load(id)).await?;
         let ctx = &stored.context;
         if timing.clip_index < ctx.next_clip {
+            let replay = ctx.last.as_ref().filter(|last| {
+                may_replay
+                    && timing.clip_index + 1 == ctx.next_clip
+                    && last.timing.clip_index == timing.clip_index
+            });
+            if let Some(last) = replay {
+                metrics::counter!("osa_generator_replays_total").increment(1);
+                tracing::info!(
+                    clip = timing.clip_index,
+                    "resumed stream: answering the stored clip"
+                );
+                return answer(g, last.clone());
+            }
             return Err(ServiceError::Aborted(format!(
                 "clip {} of stream {id:?} was already generated (next is {}); another request advanced it",
                 timing.clip_index, ctx.next_clip
@@ -363,29 +401,24 @@ impl Generator {
             }
             other => other?,
         };
-        let next =
-            StreamContext { next_clip: ctx.next_clip + 1, state: result.next_state, ..ctx.clone() };
-        metrics::histogram!("osa_generator_context_bytes").record(next.state.len() as f64);
+        let mut latents = Vec::with_capacity(result.latents.len() * 4);
+        for v in &result.latents {
+            latents.extend_from_slice(&v.to_le_bytes());
+        }
+        let last = LastClip { timing, latents, unet_seconds: result.unet_seconds };
+        let next = StreamContext {
+            next_clip: ctx.next_clip + 1,
+            state: result.next_state,
+            last: Some(last.clone()),
+            ..ctx.clone()
+        };
+        metrics::histogram!("osa_generator_context_bytes")
+            .record((next.state.len() + last.latents.len()) as f64);
         timed("commit", store.commit(id, stored.version, &next)).await.map_err(|e| match e {
             ContextError::Conflict { .. } => ServiceError::Aborted(e.to_string()),
             other => other.into(),
         })?;
         metrics::counter!("osa_generator_clips_total").increment(1);
-        let latents = HostTensor::from_f32(
-            vec![
-                g.frames as usize,
-                g.latent_channels as usize,
-                g.latent_height as usize,
-                g.latent_width as usize,
-            ],
-            &result.latents,
-        )
-        .map_err(ServiceError::internal)?;
-        debug_assert_eq!(latents.dtype(), DType::F32);
-        Ok(GeneratedClip {
-            timing: Some(timing),
-            latents: Some(latents.into()),
-            unet_seconds: result.unet_seconds,
-        })
+        answer(g, last)
     }
 }

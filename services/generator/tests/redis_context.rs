@@ -3,8 +3,9 @@
 use std::{sync::Arc, time::Duration};
 
 use osa_generator::context::{
-    ContextError, ContextStore, RedisStore, RedisStoreConfig, StreamContext,
+    ContextError, ContextStore, LastClip, RedisStore, RedisStoreConfig, StreamContext,
 };
+use osa_proto::v1::ClipTiming;
 use osa_runtime::testkit::RedisServer;
 
 fn ctx(next_clip: u64, state: &[u8]) -> StreamContext {
@@ -14,6 +15,7 @@ fn ctx(next_clip: u64, state: &[u8]) -> StreamContext {
         seed: u64::MAX - 1,
         next_clip,
         state: state.to_vec(),
+        last: None,
     }
 }
 
@@ -54,6 +56,55 @@ async fn create_load_commit_and_stale_writers() {
     s.put_avatar("av-1", &state).await.unwrap();
     assert_eq!(s.get_avatar("av-1").await.unwrap().as_deref(), Some(state.as_slice()));
     s.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_last_clip_is_committed_with_the_context_bit_for_bit() {
+    let redis = RedisServer::start().unwrap();
+    let s = store(&redis, Duration::from_secs(60)).await;
+    // Every byte value and NaN/denormal bit patterns among the "f32" bytes.
+    let latents: Vec<u8> = (0..=255u8).cycle().take(4 * 12 * 4 * 8 * 8).collect();
+    let last = LastClip {
+        timing: ClipTiming {
+            clip_index: 4,
+            first_frame: 48,
+            frame_count: 12,
+            real_frames: 5,
+            start_seconds: 48.0 / 25.0,
+            duration_seconds: 0.1 + 0.1 + 0.1,
+        },
+        latents,
+        unet_seconds: 1.0 / 3.0,
+    };
+    let with_last = StreamContext { last: Some(last), ..ctx(5, b"state") };
+    s.create("job-l", &ctx(0, b"")).await.unwrap();
+    s.commit("job-l", 1, &with_last).await.unwrap();
+    assert_eq!(s.load("job-l").await.unwrap().context, with_last);
+
+    // A hash written before the field existed reads as "no last clip"; a
+    // garbled one is named as corrupt.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = "osa:ctx:{job-l}";
+    let () = redis::cmd("HDEL")
+        .arg(key)
+        .arg("last")
+        .query_async(&mut conn)
+        .await
+        .map(|_: i64| ())
+        .unwrap();
+    assert_eq!(s.load("job-l").await.unwrap().context, ctx(5, b"state"));
+    let () = redis::cmd("HSET")
+        .arg(key)
+        .arg("last")
+        .arg(&b"\x01short"[..])
+        .query_async(&mut conn)
+        .await
+        .map(|_: i64| ())
+        .unwrap();
+    let err = s.load("job-l").await.unwrap_err();
+    assert!(matches!(err, ContextError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("last clip"), "{err}");
 }
 
 #[tokio::test]

@@ -216,9 +216,89 @@ async fn latents_equal_the_embedded_pipeline() {
     .await
     .unwrap();
     assert_same(&got, &embedded(3));
-    // The finished stream was forgotten.
+    // The finished stream was forgotten: a resume names it.
     let err = generate(&mut c, vec![start_msg("s1", true), clip_msg(3, false)]).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("stream \"s1\""), "{}", err.message());
+}
+
+/// The raw bytes of a clip's latents (what the wire carries).
+fn latent_bytes(c: &GeneratedClip) -> Vec<u8> {
+    c.latents.clone().unwrap().data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_stream_replays_the_clip_in_flight_then_continues() {
+    let recorder = osa_runtime::metrics::install();
+    let replays = || {
+        recorder
+            .render()
+            .lines()
+            .find(|l| l.starts_with("osa_generator_replays_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let redis = RedisServer::start().unwrap();
+    let a = start(settings(Some(&redis))).await;
+    let b = start(settings(Some(&redis))).await;
+    let (mut ca, mut cb) = (client(&a).await, client(&b).await);
+    prepare(&mut ca).await;
+    // The uninterrupted run, for reference.
+    let whole = generate(
+        &mut ca,
+        vec![start_msg("whole", false), clip_msg(0, false), clip_msg(1, false), clip_msg(2, true)],
+    )
+    .await
+    .unwrap();
+
+    // Replica A generates clips 0 and 1; say clip 1's answer was lost.
+    let first =
+        generate(&mut ca, vec![start_msg("cut", false), clip_msg(0, false), clip_msg(1, false)])
+            .await
+            .unwrap();
+    let before = replays();
+    // The gateway resends clip 1 on replica B: the stored answer comes
+    // back (no model call), and the stream goes on from it.
+    let resumed =
+        generate(&mut cb, vec![start_msg("cut", true), clip_msg(1, false), clip_msg(2, false)])
+            .await
+            .unwrap();
+    assert_eq!(resumed.len(), 2);
+    assert_eq!(resumed[0], first[1], "the replay is the answer, timing and latents, bit for bit");
+    assert_eq!(replays(), before + 1.0);
+    for (i, clip) in [&first[0], &resumed[0], &resumed[1]].into_iter().enumerate() {
+        assert_eq!(clip.timing.as_ref().unwrap().clip_index, i as u64);
+        assert!(
+            latent_bytes(clip) == latent_bytes(&whole[i]),
+            "clip {i} differs from the uninterrupted run"
+        );
+    }
+
+    // Any other stale clip is still refused: one further back, or one the
+    // stream has moved past since.
+    for (msgs, what) in [
+        (vec![start_msg("cut", true), clip_msg(0, false)], "clip 0 of a resume"),
+        (vec![start_msg("cut", true), clip_msg(1, false)], "clip 1 of a resume after clip 2"),
+    ] {
+        let err = generate(&mut cb, msgs).await.unwrap_err();
+        assert_eq!(err.code(), Code::Aborted, "{what}: {err:?}");
+    }
+    let err =
+        generate(&mut ca, vec![start_msg("cut", true), clip_msg(2, false), clip_msg(2, false)])
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "only the first clip of a resume replays: {err:?}");
+    assert_eq!(replays(), before + 2.0, "the first clip 2 of that resume was a replay");
+
+    // The replayed clip can be the stream's last: it then finishes the
+    // stream, and a later resume names the forgotten stream.
+    generate(&mut ca, vec![start_msg("cut", true), clip_msg(3, false)]).await.unwrap();
+    let last = generate(&mut cb, vec![start_msg("cut", true), clip_msg(3, true)]).await.unwrap();
+    assert_eq!(last[0].timing.as_ref().unwrap().clip_index, 3);
+    let err = generate(&mut cb, vec![start_msg("cut", true), clip_msg(3, true)]).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("stream \"cut\""), "{}", err.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,15 +315,22 @@ async fn replicas_alternate_clips_of_one_stream_through_redis() {
     got.extend(generate(&mut ca, vec![start_msg("s2", true), clip_msg(2, false)]).await.unwrap());
     assert_same(&got, &embedded(3));
 
-    // Two replicas race for clip 3: exactly one writes it.
+    // Two replicas race for clip 3: exactly one writes it. The loser is
+    // refused, unless it read the context only after the winner's commit:
+    // then, being the first clip of a resume, it replays the winner's
+    // answer, which must be identical.
     let (ra, rb) = tokio::join!(
         generate(&mut ca, vec![start_msg("s2", true), clip_msg(3, false)]),
         generate(&mut cb, vec![start_msg("s2", true), clip_msg(3, false)]),
     );
-    let oks = [&ra, &rb].iter().filter(|r| r.as_ref().is_ok_and(|v| v.len() == 1)).count();
-    assert_eq!(oks, 1, "{ra:?} {rb:?}");
-    let loser = if ra.is_ok() { rb } else { ra };
-    assert_eq!(loser.unwrap_err().code(), Code::Aborted);
+    match (ra, rb) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "a replay differs from the clip it replays"),
+        (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => {
+            assert_eq!(won.len(), 1);
+            assert_eq!(lost.code(), Code::Aborted, "{lost:?}");
+        }
+        (Err(a), Err(b)) => panic!("nobody generated clip 3: {a:?} {b:?}"),
+    }
 
     // A skipped clip is refused, the stream stays usable.
     let err = generate(&mut cb, vec![start_msg("s2", true), clip_msg(9, false)]).await.unwrap_err();

@@ -3,12 +3,17 @@
 //! stream's keys share a slot), written only by Lua scripts that
 //! compare-and-set the version atomically, with a TTL refreshed on every
 //! read and write so idle streams clean themselves up.
+//!
+//! Fields: `v` (version), `avatar`, `steps`, `seed`, `next`, `state` (the
+//! rolling state's bytes) and `last` (the last clip's answer,
+//! [`LastClip::to_bytes`], empty when there is none). A hash without `last`
+//! (written before the field existed) reads as having no last clip.
 
 use std::time::Duration;
 
 use redis::{AsyncCommands as _, Script, aio::ConnectionManager};
 
-use super::{ContextError, ContextStore, StreamContext, Versioned, validate_stream_id};
+use super::{ContextError, ContextStore, LastClip, StreamContext, Versioned, validate_stream_id};
 
 /// How to reach Redis and how long contexts live.
 #[derive(Debug, Clone)]
@@ -44,7 +49,7 @@ impl Default for RedisStoreConfig {
 const CREATE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', 1, 'avatar', ARGV[2], 'steps', ARGV[3], 'seed', ARGV[4],
-  'next', ARGV[5], 'state', ARGV[6])
+  'next', ARGV[5], 'state', ARGV[6], 'last', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 ";
@@ -57,7 +62,7 @@ if not v then return {1, 0} end
 if v ~= ARGV[2] then return {2, tonumber(v)} end
 local nv = tonumber(v) + 1
 redis.call('HSET', KEYS[1], 'v', nv, 'avatar', ARGV[3], 'steps', ARGV[4], 'seed', ARGV[5],
-  'next', ARGV[6], 'state', ARGV[7])
+  'next', ARGV[6], 'state', ARGV[7], 'last', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return {0, nv}
 ";
@@ -152,6 +157,11 @@ fn parse(stream_id: &str, flat: Vec<Vec<u8>>) -> Result<Versioned, ContextError>
     let seed = text("seed", take("seed")?)?;
     let next = text("next", take("next")?)?;
     let state = take("state")?;
+    let last = match fields.remove("last") {
+        None => None,
+        Some(b) if b.is_empty() => None,
+        Some(b) => Some(LastClip::from_bytes(&b).map_err(corrupt)?),
+    };
     Ok(Versioned {
         version: num("v", &version).map_err(corrupt)?,
         context: StreamContext {
@@ -160,8 +170,14 @@ fn parse(stream_id: &str, flat: Vec<Vec<u8>>) -> Result<Versioned, ContextError>
             seed: num("seed", &seed).map_err(corrupt)?,
             next_clip: num("next", &next).map_err(corrupt)?,
             state,
+            last,
         },
     })
+}
+
+/// The `last` field's value: empty when the context has no last clip.
+fn last_bytes(c: &StreamContext) -> Vec<u8> {
+    c.last.as_ref().map(LastClip::to_bytes).unwrap_or_default()
 }
 
 #[async_trait::async_trait]
@@ -178,6 +194,7 @@ impl ContextStore for RedisStore {
             .arg(c.seed.to_string())
             .arg(c.next_clip.to_string())
             .arg(c.state.as_slice())
+            .arg(last_bytes(c))
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err)?;
@@ -218,6 +235,7 @@ impl ContextStore for RedisStore {
             .arg(c.seed.to_string())
             .arg(c.next_clip.to_string())
             .arg(c.state.as_slice())
+            .arg(last_bytes(c))
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err)?;
