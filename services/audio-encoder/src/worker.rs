@@ -1,6 +1,8 @@
 //! The model thread (TEI's BackendThread pattern): the [`WindowModel`] lives
-//! on one OS thread fed by a bounded channel; each request carries its
-//! windows, its tracing span and a oneshot reply. Requests from several
+//! on one OS thread fed by a bounded queue (the shared
+//! [`osa_runtime::model_queue::ModelThread`], as the generator's and the
+//! decoder's models); each request carries its windows, its tracing span
+//! and a oneshot reply. Requests from several
 //! streams that are waiting together (up to `max_batch` windows, waiting at
 //! most `max_batch_wait` for more) run in one forward pass. A request whose
 //! caller has gone (the reply receiver was dropped) is skipped.
@@ -8,14 +10,16 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use osa_runtime::ServiceError;
-use tokio::sync::{oneshot, watch};
+use osa_runtime::{
+    ServiceError,
+    model_queue::{Inbox, ModelThread, QueueError, Ready},
+};
+use tokio::sync::oneshot;
 
 use crate::{
     model::{ModelConfig, WindowModel},
@@ -45,6 +49,8 @@ pub struct Stats {
 
 type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, String>>;
 
+/// One caller's windows, queued for the model thread.
+#[derive(Debug)]
 struct Request {
     jobs: Vec<WindowJob>,
     reply: Reply,
@@ -52,51 +58,30 @@ struct Request {
     queued: Instant,
 }
 
-/// The model's state as the warm-up sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Load {
-    Loading,
-    Ready,
-    Failed(String),
-}
-
 /// Handle to the model thread; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Worker {
-    tx: SyncSender<Request>,
-    depth: Arc<AtomicUsize>,
-    capacity: usize,
+    /// The shared owner-thread plumbing (queue, depth gauge, readiness);
+    /// readiness carries no geometry here, only loaded or why not.
+    thread: ModelThread<Request, ()>,
     stats: Arc<Stats>,
-    load: watch::Receiver<Load>,
 }
 
 impl Worker {
     /// Starts the thread, which loads the model and then serves requests.
     /// Requests sent before the model is ready wait in the queue.
     pub fn spawn(model: ModelConfig, batch: BatchConfig) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel::<Request>(batch.queue_capacity);
-        let depth = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(Stats::default());
-        let (load_tx, load) = watch::channel(Load::Loading);
-        {
-            let depth = depth.clone();
-            let stats = stats.clone();
-            std::thread::Builder::new().name("audio-encoder-model".into()).spawn(move || {
-                let model = match WindowModel::load(&model) {
-                    Ok(m) => {
-                        let _ = load_tx.send(Load::Ready);
-                        Ok(m)
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "audio encoder failed to load");
-                        let _ = load_tx.send(Load::Failed(e.to_string()));
-                        Err(e.to_string())
-                    }
-                };
-                serve(&model, &rx, batch, &depth, &stats);
-            })?;
-        }
-        Ok(Self { tx, depth, capacity: batch.queue_capacity, stats, load })
+        let thread = ModelThread::spawn(
+            "audio-encoder-model",
+            batch.queue_capacity,
+            "osa_audio_encoder_queue_size",
+            {
+                let stats = stats.clone();
+                move |inbox, ready| thread_main(&model, batch, &inbox, ready, &stats)
+            },
+        )?;
+        Ok(Self { thread, stats })
     }
 
     /// Counters of the thread.
@@ -106,16 +91,7 @@ impl Worker {
 
     /// Waits until the model is loaded (or failed to).
     pub async fn loaded(&self) -> Result<(), String> {
-        let mut load = self.load.clone();
-        let state = load
-            .wait_for(|l| *l != Load::Loading)
-            .await
-            .map_err(|_| "the model thread stopped".to_owned())?
-            .clone();
-        match state {
-            Load::Failed(e) => Err(e),
-            _ => Ok(()),
-        }
+        self.thread.ready().await
     }
 
     /// Runs `jobs` through the encoder; the core hidden states per job.
@@ -127,29 +103,18 @@ impl Worker {
         }
         let (reply, rx) = oneshot::channel();
         let req = Request { jobs, reply, span: tracing::Span::current(), queued: Instant::now() };
-        self.depth.fetch_add(1, Ordering::SeqCst);
-        match self.tx.try_send(req) {
-            Ok(()) => {
-                metrics::gauge!("osa_audio_encoder_queue_size")
-                    .set(self.depth.load(Ordering::SeqCst) as f64);
+        self.thread.try_send(req).map_err(|e| match e {
+            QueueError::Full(n) => ServiceError::ResourceExhausted {
+                what: format!(
+                    "the audio encoder queue is full ({n} requests waiting, \
+                     audio_encoder.queue_capacity)"
+                ),
+                retry_after: Some(Duration::from_millis(100)),
+            },
+            QueueError::Closed => {
+                ServiceError::NotServing("the audio encoder thread has stopped".into())
             }
-            Err(e) => {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
-                return Err(match e {
-                    TrySendError::Full(_) => ServiceError::ResourceExhausted {
-                        what: format!(
-                            "the audio encoder queue is full ({} requests waiting, \
-                             audio_encoder.queue_capacity)",
-                            self.capacity
-                        ),
-                        retry_after: Some(Duration::from_millis(100)),
-                    },
-                    TrySendError::Disconnected(_) => {
-                        ServiceError::NotServing("the audio encoder thread has stopped".into())
-                    }
-                });
-            }
-        }
+        })?;
         match rx.await {
             Ok(Ok(states)) => Ok(states),
             Ok(Err(e)) => Err(ServiceError::internal(format!("audio encoder: {e}"))),
@@ -158,30 +123,38 @@ impl Worker {
     }
 }
 
-/// The thread's loop: until every sender is gone.
-fn serve(
-    model: &Result<WindowModel, String>,
-    rx: &mpsc::Receiver<Request>,
+/// The thread: loads the model, reports readiness, then serves until every
+/// sender is gone. A model that failed to load keeps the thread answering
+/// each request with the reason (the service is NOT_SERVING meanwhile).
+fn thread_main(
+    config: &ModelConfig,
     batch: BatchConfig,
-    depth: &AtomicUsize,
+    inbox: &Inbox<Request>,
+    ready: Ready<()>,
     stats: &Stats,
 ) {
-    while let Ok(first) = rx.recv() {
+    let model = WindowModel::load(config).map_err(|e| e.to_string());
+    match &model {
+        Ok(_) => ready.set(Ok(())),
+        Err(e) => {
+            tracing::error!(error = %e, "audio encoder failed to load");
+            ready.set(Err(e.clone()));
+        }
+    }
+    while let Some(first) = inbox.recv() {
         let mut requests = vec![first];
         let mut windows = requests[0].jobs.len();
         let deadline = Instant::now() + batch.max_batch_wait;
         while windows < batch.max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(r) => {
+            match inbox.recv_timeout(left) {
+                Some(r) => {
                     windows += r.jobs.len();
                     requests.push(r);
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                None => break,
             }
         }
-        let left = depth.fetch_sub(requests.len(), Ordering::SeqCst) - requests.len();
-        metrics::gauge!("osa_audio_encoder_queue_size").set(left as f64);
         let (live, gone): (Vec<_>, Vec<_>) =
             requests.into_iter().partition(|r| !r.reply.is_closed());
         let cancelled: usize = gone.iter().map(|r| r.jobs.len()).sum();
@@ -197,16 +170,14 @@ fn serve(
             metrics::histogram!("osa_audio_encoder_queue_seconds")
                 .record(r.queued.elapsed().as_secs_f64());
         }
-        let model = match model {
-            Ok(m) => m,
+        match &model {
+            Ok(m) => run_batch(m, live, batch.max_batch, stats),
             Err(e) => {
                 for r in live {
                     let _ = r.reply.send(Err(format!("the model failed to load: {e}")));
                 }
-                continue;
             }
-        };
-        run_batch(model, live, batch.max_batch, stats);
+        }
     }
 }
 
