@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::{
     model::{ModelConfig, ModelError, WindowModel, build_encoder, encoder_config},
-    recipe::{Layout, RecipeError, Segment, WindowPlan},
+    recipe::{Clip, Layout, RecipeError, Segment, WindowPlan},
 };
 
 /// Which definition of the features to compute.
@@ -159,6 +159,11 @@ pub fn features_of_samples(
     Ok(FileFeatures { mel, features, real_frames, samples: samples.len() })
 }
 
+/// Encoder windows per forward pass in [`service_clips`]: the service's
+/// default `audio_encoder.max_batch`, so a file is batched as EncodeFile
+/// batches it on an otherwise idle stage.
+pub const FILE_BATCH: usize = 16;
+
 /// The service recipe's features of a whole signal with `model`:
 /// `[real_frames, 10 (n_layer + 1), C]` and the number of encoder windows.
 pub fn service_features(
@@ -166,15 +171,30 @@ pub fn service_features(
     samples: &[f32],
     fps: u32,
 ) -> Result<(Tensor, usize), FeaturesError> {
-    let layout = Layout { fps, frames_per_clip: 1 };
-    let stride = model.stride();
-    let mut seg = Segment::new(model.plan(), layout, stride, 0);
+    let (rows, windows) = service_clips(model, samples, Layout { fps, frames_per_clip: 1 })?;
+    let frames = rows.iter().filter(|c| c.real_frames > 0).count() as i64;
+    let data: Vec<f32> = rows.into_iter().flat_map(|c| c.features).collect();
+    let width = model.width() as i64;
+    Ok((Tensor::from_slice(&data).view([frames, -1, width]), windows))
+}
+
+/// The clips EncodeFile sends for a whole 16 kHz signal (f32 on the wire),
+/// computed here with `model`: `layout.frames_per_clip` frames each
+/// (`[frames, 10 (n_layer + 1), C]` row-major), the last clip padded with
+/// frames of the same formula, and the number of encoder windows. The
+/// embedded mode feeds these to the generator as the cluster does.
+pub fn service_clips(
+    model: &WindowModel,
+    samples: &[f32],
+    layout: Layout,
+) -> Result<(Vec<Clip>, usize), FeaturesError> {
+    let mut seg = Segment::new(model.plan(), layout, model.stride(), 0);
     seg.push(samples);
     seg.finish()?;
-    let mut rows = Vec::new();
+    let mut clips = Vec::new();
     let mut windows = 0;
     loop {
-        let jobs = seg.ready_windows(16);
+        let jobs = seg.ready_windows(FILE_BATCH);
         if jobs.is_empty() {
             break;
         }
@@ -182,13 +202,10 @@ pub fn service_features(
         for states in model.encode(&jobs.iter().collect::<Vec<_>>())? {
             seg.accept(&states);
         }
-        rows.extend(seg.ready_clips());
+        clips.extend(seg.ready_clips());
     }
-    rows.extend(seg.ready_clips());
-    let frames = rows.iter().filter(|c| c.real_frames > 0).count() as i64;
-    let data: Vec<f32> = rows.into_iter().flat_map(|c| c.features).collect();
-    let width = model.width() as i64;
-    Ok((Tensor::from_slice(&data).view([frames, -1, width]), windows))
+    clips.extend(seg.ready_clips());
+    Ok((clips, windows))
 }
 
 /// Writes `mel` and `features` (f32) to a safetensors file.
