@@ -9,9 +9,12 @@
 //!   shutdown)`, health (NOT_SERVING until warm), reflection, graceful drain.
 //! - [`error`]: the one mapping from service errors to gRPC status codes.
 //! - [`client`]: channels to other stages with the same limits and tracing.
+//! - [`balance`]: one channel over a stage's replicas (static or DNS),
+//!   balanced by streams in flight.
 //! - [`model_queue`]: the bounded queue in front of a model's owner thread.
 
 pub mod app;
+pub mod balance;
 pub mod client;
 pub mod drain;
 pub mod error;

@@ -36,6 +36,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("grpc reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("grpc tls: {0}")]
+    Tls(#[from] crate::settings::SettingsError),
 }
 
 /// Health of the services a server hosts.
@@ -180,7 +182,16 @@ where
         }
     };
     let hard_stop = tokio_util::sync::CancellationToken::new();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = grpc.tls.to_server_config()? {
+        builder = builder.tls_config(tls)?;
+        tracing::info!(
+            service = service_name,
+            mutual = grpc.tls.client_ca_path.is_some(),
+            "grpc tls on"
+        );
+    }
+    let server = builder
         .http2_keepalive_interval(Some(grpc.keepalive_interval))
         .concurrency_limit_per_connection(grpc.concurrency_limit_per_connection)
         .layer(

@@ -9,7 +9,12 @@
 //! Unknown keys are errors (a typo must not silently fall back to a default),
 //! and every error names the key and the layer it came from.
 
-use std::{collections::HashMap, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -125,6 +130,75 @@ pub struct GrpcSettings {
     /// HTTP/2 keep-alive ping interval (detects dead peers).
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
+    /// TLS for the server (off by default: plaintext h2c).
+    pub tls: TlsSettings,
+}
+
+/// TLS of a gRPC server: a certificate and key turn it on; a client CA
+/// additionally requires every client to present a certificate it signed
+/// (mutual TLS). Files are PEM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// Server certificate chain (PEM), leaf first.
+    pub cert_path: Option<PathBuf>,
+    /// Private key of `cert_path` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to; set: mutual TLS.
+    pub client_ca_path: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// Whether the server speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert_path.is_some()
+    }
+
+    /// Reads the files into tonic's server TLS configuration; None when TLS
+    /// is off. Errors name the key and the file.
+    pub fn to_server_config(
+        &self,
+    ) -> Result<Option<tonic::transport::ServerTlsConfig>, SettingsError> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |field: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| {
+                SettingsError::invalid(
+                    &format!("grpc.tls.{field}"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })
+        };
+        let (cert, key) = match (&self.cert_path, &self.key_path) {
+            (None, None) => {
+                if self.client_ca_path.is_some() {
+                    return Err(SettingsError::invalid(
+                        "grpc.tls.client_ca_path",
+                        "needs grpc.tls.cert_path and grpc.tls.key_path (mutual TLS is TLS)",
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(_), None) => {
+                return Err(SettingsError::invalid(
+                    "grpc.tls.key_path",
+                    "grpc.tls.cert_path is set: the certificate needs its key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(SettingsError::invalid(
+                    "grpc.tls.cert_path",
+                    "grpc.tls.key_path is set: the key needs its certificate",
+                ));
+            }
+            (Some(cert), Some(key)) => (cert, key),
+        };
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read("cert_path", cert)?, read("key_path", key)?));
+        if let Some(ca) = &self.client_ca_path {
+            config = config.client_ca_root(Certificate::from_pem(read("client_ca_path", ca)?));
+        }
+        Ok(Some(config))
+    }
 }
 
 impl GrpcSettings {
@@ -142,6 +216,7 @@ impl Default for GrpcSettings {
             drain_timeout: Duration::from_secs(25),
             concurrency_limit_per_connection: 256,
             keepalive_interval: Duration::from_secs(30),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -163,8 +238,34 @@ impl Validate for GrpcSettings {
                 "must be at least 1",
             ));
         }
+        // Read and parse the files now, so a bad certificate stops the
+        // service at start with the key named, not at the first handshake.
+        if let Some(config) = self.tls.to_server_config()? {
+            let paths = [&self.tls.cert_path, &self.tls.key_path, &self.tls.client_ca_path]
+                .into_iter()
+                .flatten()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            tonic::transport::Server::builder().tls_config(config).map_err(|e| {
+                SettingsError::invalid("grpc.tls", format!("{paths}: {}", error_chain(&e)))
+            })?;
+        }
         Ok(())
     }
+}
+
+/// `e` and its sources, `: `-separated (tonic's transport errors keep the
+/// useful part in their source).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The Prometheus endpoint.
