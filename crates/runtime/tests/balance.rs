@@ -245,3 +245,40 @@ async fn bad_endpoints_are_refused_up_front() {
     let e = balanced("ticker", &StageEndpoints::default(), &opts()).unwrap_err();
     assert!(e.to_string().contains("no endpoints"), "{e}");
 }
+
+#[tokio::test]
+async fn a_draining_replica_is_left_after_at_most_one_refused_call() {
+    let [a, b] = [TestServer::plain().await, TestServer::plain().await];
+    let channel = balanced("ticker", &endpoints([a.url(), b.url()]), &opts()).unwrap();
+    wait_until("two connected replicas", WAIT, || channel.connected().len() == 2).await;
+    // One stream on each keeps b's connection open through its drain.
+    let held = futures::future::join_all((0..2).map(|_| open_stream(&channel))).await;
+    assert_eq!((a.calls(), b.calls()), (1, 1));
+    b.shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // b said GOAWAY but its connection is still open (its stream runs), so
+    // the first call picked for b is refused by the client's HTTP/2 layer
+    // (never sent: safe to retry) and takes b out; the rest go to a.
+    let mut refused = 0;
+    for _ in 0..10 {
+        let mut client = TickerClient::new(channel.clone());
+        match client.tick(TickRequest { count: 1, interval_ms: 0 }).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                assert_eq!(stream.message().await.unwrap().unwrap().index, 0);
+            }
+            Err(status) => {
+                assert!(
+                    matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unavailable),
+                    "{status:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused <= 1, "{refused} calls refused");
+    assert_eq!(b.calls(), 1, "no new call reached the draining replica");
+    assert_eq!(a.calls(), 1 + 10 - refused);
+    drop(held);
+}
