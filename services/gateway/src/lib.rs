@@ -8,9 +8,12 @@
 //! authentication wrapper ([`auth`]).
 
 pub mod auth;
+pub mod blobs;
 mod info;
 pub mod keys;
+pub mod quota;
 pub mod settings;
+pub mod webhook;
 
 pub use settings::Settings;
 
