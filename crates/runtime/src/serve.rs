@@ -9,7 +9,9 @@
 //! - per-RPC tracing (a server span whose parent is the caller's W3C
 //!   context) and metrics;
 //! - graceful drain: on shutdown the listener closes, in-flight calls may
-//!   finish until `grpc.drain_timeout`, then they are cut.
+//!   finish until `grpc.drain_timeout`, then they are cut;
+//! - optional TLS, and mutual TLS with a client CA (`grpc.tls`, see
+//!   [`TlsSettings`](crate::settings::TlsSettings)).
 
 use std::{
     future::Future,

@@ -501,6 +501,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_come_from_the_environment_and_are_checked() {
+        let e = err_of(
+            None,
+            &[
+                ("OSA__GRPC__TLS__CERT_PATH", "/nonexistent/tls.crt"),
+                ("OSA__GRPC__TLS__KEY_PATH", "/nonexistent/tls.key"),
+            ],
+        );
+        assert!(e.contains("grpc.tls.cert_path") && e.contains("/nonexistent/tls.crt"), "{e}");
+        let e = err_of(None, &[("OSA__GRPC__TLS__KEY_PATH", "/nonexistent/tls.key")]);
+        assert!(e.contains("grpc.tls.cert_path"), "{e}");
+        let f = toml("[grpc.tls]\ncert_path = \"/nonexistent/tls.crt\"\n");
+        let e = err_of(Some(f.path()), &[]);
+        assert!(e.contains("grpc.tls.key_path"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_by_name() {
         let f = toml("[grpc]\nlisten_addr = \"0.0.0.0:1\"\n");
         let e = err_of(Some(f.path()), &[]);

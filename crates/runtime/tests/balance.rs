@@ -20,7 +20,7 @@ use osa_runtime::{
     client::ClientOptions,
     testing::{TickRequest, ticker_client::TickerClient},
 };
-use tonic::Streaming;
+use tonic::{Streaming, service::interceptor::InterceptedService};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -156,9 +156,17 @@ async fn a_dns_name_resolves_and_serves() {
     // localhost may also resolve to ::1, where nothing listens: that replica
     // stays unconnected and calls go to 127.0.0.1.
     wait_until("localhost resolved", WAIT, || !channel.in_flight().is_empty()).await;
-    for _ in 0..3 {
+    for _ in 0..2 {
         short_call(&channel).await;
     }
+    // As the gateway uses it: behind the trace-context interceptor.
+    let mut traced = TickerClient::new(InterceptedService::new(
+        channel.clone(),
+        osa_runtime::client::TraceContextInterceptor,
+    ));
+    let mut stream =
+        traced.tick(TickRequest { count: 1, interval_ms: 0 }).await.unwrap().into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().index, 0);
     assert_eq!(server.calls(), 3);
     assert_eq!(channel.connected(), vec![server.addr.to_string()]);
 }
@@ -247,38 +255,54 @@ async fn bad_endpoints_are_refused_up_front() {
 }
 
 #[tokio::test]
-async fn a_draining_replica_is_left_after_at_most_one_refused_call() {
+async fn a_draining_replica_is_left_before_it_refuses_calls() {
     let [a, b] = [TestServer::plain().await, TestServer::plain().await];
     let channel = balanced("ticker", &endpoints([a.url(), b.url()]), &opts()).unwrap();
     wait_until("two connected replicas", WAIT, || channel.connected().len() == 2).await;
     // One stream on each keeps b's connection open through its drain.
     let held = futures::future::join_all((0..2).map(|_| open_stream(&channel))).await;
     assert_eq!((a.calls(), b.calls()), (1, 1));
-    b.shutdown.trigger();
-    tokio::time::sleep(Duration::from_millis(50)).await;
 
-    // b said GOAWAY but its connection is still open (its stream runs), so
-    // the first call picked for b is refused by the client's HTTP/2 layer
-    // (never sent: safe to retry) and takes b out; the rest go to a.
-    let mut refused = 0;
+    // b reports NOT_SERVING the moment its drain starts, before its GOAWAY
+    // could refuse a call: the balancer leaves it on that health update.
+    b.shutdown.trigger();
+    let b_addr = b.addr.to_string();
+    wait_until("b to leave the set", WAIT, || !channel.connected().contains(&b_addr)).await;
     for _ in 0..10 {
-        let mut client = TickerClient::new(channel.clone());
-        match client.tick(TickRequest { count: 1, interval_ms: 0 }).await {
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                assert_eq!(stream.message().await.unwrap().unwrap().index, 0);
-            }
-            Err(status) => {
-                assert!(
-                    matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unavailable),
-                    "{status:?}"
-                );
-                refused += 1;
-            }
-        }
+        short_call(&channel).await;
     }
-    assert!(refused <= 1, "{refused} calls refused");
     assert_eq!(b.calls(), 1, "no new call reached the draining replica");
-    assert_eq!(a.calls(), 1 + 10 - refused);
+    assert_eq!(a.calls(), 11);
+    assert_eq!(load_of(&channel, b.addr), Some(1), "b's stream still runs");
+    drop(held);
+    // Its drain is not held up by the balancer's health stream: it ends as
+    // soon as the held stream is gone.
+    tokio::time::timeout(Duration::from_millis(900), b.task)
+        .await
+        .expect("b drains before its 1 s deadline")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_warming_replica_gets_calls_only_once_serving() {
+    let a = TestServer::plain().await;
+    let (warm_tx, warm_rx) = tokio::sync::oneshot::channel::<()>();
+    let w = TestServer::start_warming(async move {
+        let _ = warm_rx.await;
+        Ok(())
+    })
+    .await;
+    let channel = balanced("ticker", &endpoints([a.url(), w.url()]), &opts()).unwrap();
+    wait_until("a connected", WAIT, || channel.connected() == vec![a.addr.to_string()]).await;
+    for _ in 0..4 {
+        short_call(&channel).await;
+    }
+    assert_eq!((a.calls(), w.calls()), (4, 0), "NOT_SERVING replica is skipped");
+
+    warm_tx.send(()).unwrap();
+    wait_until("w serving", WAIT, || channel.connected().len() == 2).await;
+    let held = futures::future::join_all((0..4).map(|_| open_stream(&channel))).await;
+    assert_eq!(w.calls(), 2);
     drop(held);
 }

@@ -21,13 +21,17 @@
 //! reaches EOF, fails or is dropped (peer gone, GOAWAY then close, keep-alive
 //! timeout), the replica stops being ready at once and is not picked while
 //! it reconnects. A call that fails at the transport level also sends its
-//! replica back to reconnecting. A replica that starts draining sends
-//! GOAWAY but keeps its connection open while its streams finish: the first
-//! new call picked for it in that window is refused by the client's HTTP/2
-//! layer before anything is sent (CANCELLED, "connection closed": safe to
-//! retry) and takes the replica out of the set.
+//! replica back to reconnecting.
 //!
-//! A call made while no replica is connected waits up to the client's
+//! A connected replica is offered to the balancer only while its gRPC health
+//! (service "") is not NOT_SERVING: a replica still warming up gets no calls,
+//! and one that starts draining (NOT_SERVING from the moment of SIGTERM, see
+//! [`crate::serve`]) is left on that health update, before its GOAWAY could
+//! refuse a call. Should a call still reach a replica after its GOAWAY, the
+//! client's HTTP/2 layer refuses it before anything is sent (CANCELLED,
+//! "connection closed": safe to retry) and the replica is left.
+//!
+//! A call made while no replica is connected and serving waits up to the client's
 //! `connect_timeout` for one, then fails with UNAVAILABLE naming the stage.
 //! Once admitted, a call waits in the balancer until a replica is ready; if
 //! every replica dies in that instant it waits for a reconnection, so
@@ -431,7 +435,7 @@ impl BalancedChannel {
                 let known: Vec<String> =
                     inner.shared.replicas().keys().map(ToString::to_string).collect();
                 let status = tonic::Status::unavailable(format!(
-                    "no replica of stage {} is reachable (known: [{}]; waited {:?})",
+                    "no replica of stage {} is connected and serving (known: [{}]; waited {:?})",
                     inner.shared.stage,
                     known.join(", "),
                     inner.wait_connected

@@ -32,6 +32,9 @@ use crate::settings::error_chain;
 /// First pause after a failed connection attempt; doubles up to the max.
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often a connected replica that is NOT_SERVING (warming up) is asked
+/// again.
+const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A replica's connection while it is up.
 #[derive(Clone)]
@@ -260,9 +263,8 @@ pub(super) async fn maintain(
                 }
                 backoff = RECONNECT_BACKOFF_MIN;
                 failures = 0;
-                state.publish(Some(Live { channel, alive: alive.clone() }));
-                on_change();
-                alive.cancelled().await;
+                let live = Live { channel, alive: alive.clone() };
+                follow_health(&state, live, &on_change).await;
                 state.publish(None);
                 on_change();
                 tracing::warn!(stage, endpoint = %addr, "replica connection lost; reconnecting");
@@ -277,6 +279,82 @@ pub(super) async fn maintain(
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Offers `live` to the balancer while the replica's gRPC health (the
+/// server as a whole, service "") is not NOT_SERVING; returns once the
+/// connection is broken.
+///
+/// While the replica serves, a health `Watch` stream is open so a replica
+/// that starts draining (it reports NOT_SERVING the moment SIGTERM arrives)
+/// is left at once, before its GOAWAY. The stream is then dropped, since an
+/// open stream would hold the replica's drain until its deadline, and health
+/// is polled with `Check` until it serves again (a warming replica) or the
+/// connection closes (a draining one). A server without the health service
+/// counts as serving; so do UNKNOWN and SERVICE_UNKNOWN (nothing says it is
+/// not).
+async fn follow_health(state: &ReplicaState, live: Live, on_change: &impl Fn()) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+
+    let alive = live.alive.clone();
+    let mut health = HealthClient::new(live.channel.clone());
+    let mut offered = false;
+    let mut offer = |serving: bool| {
+        if serving != offered {
+            offered = serving;
+            state.publish(serving.then(|| live.clone()));
+            on_change();
+            tracing::debug!(stage = state.stage, endpoint = %state.addr, serving, "replica health");
+        }
+    };
+    let request = || HealthCheckRequest { service: String::new() };
+    loop {
+        let watch = tokio::select! {
+            () = alive.cancelled() => return,
+            watch = health.watch(request()) => watch,
+        };
+        let mut updates = match watch {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                offer(true);
+                alive.cancelled().await;
+                return;
+            }
+            Err(status) => {
+                // No answer on a fresh connection: treat it as broken.
+                tracing::debug!(stage = state.stage, endpoint = %state.addr, %status, "health watch failed");
+                alive.cancel();
+                return;
+            }
+        };
+        loop {
+            let update = tokio::select! {
+                () = alive.cancelled() => return,
+                update = updates.message() => update,
+            };
+            match update {
+                Ok(Some(update)) if update.status() == ServingStatus::NotServing => break,
+                Ok(Some(_)) => offer(true),
+                // The server ended the stream (cut at its drain deadline).
+                Ok(None) | Err(_) => break,
+            }
+        }
+        offer(false);
+        drop(updates);
+        loop {
+            tokio::select! {
+                () = alive.cancelled() => return,
+                () = tokio::time::sleep(HEALTH_POLL_INTERVAL) => {}
+            }
+            match health.check(request()).await {
+                Ok(r) if r.get_ref().status() != ServingStatus::NotServing => break,
+                Err(status) if status.code() == tonic::Code::Unimplemented => break,
+                _ => {}
             }
         }
     }

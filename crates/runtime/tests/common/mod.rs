@@ -70,25 +70,38 @@ impl TestServer {
     /// Serves on a free loopback port with these settings (`listen` is
     /// ignored).
     pub async fn start(grpc: GrpcSettings) -> Self {
-        Self::serve(grpc, TcpListener::bind("127.0.0.1:0").await.unwrap())
+        Self::serve(grpc, TcpListener::bind("127.0.0.1:0").await.unwrap(), async { Ok(()) })
+    }
+
+    /// Plaintext, NOT_SERVING until `warm_up` returns.
+    pub async fn start_warming(
+        warm_up: impl Future<Output = Result<(), String>> + Send + 'static,
+    ) -> Self {
+        let grpc = GrpcSettings { drain_timeout: Duration::from_secs(1), ..Default::default() };
+        Self::serve(grpc, TcpListener::bind("127.0.0.1:0").await.unwrap(), warm_up)
     }
 
     /// A plaintext server on `listener` (a replica restarting on its port).
     pub fn plain_on(listener: TcpListener) -> Self {
         let grpc = GrpcSettings { drain_timeout: Duration::from_secs(1), ..Default::default() };
-        Self::serve(grpc, listener)
+        Self::serve(grpc, listener, async { Ok(()) })
     }
 
-    fn serve(grpc: GrpcSettings, listener: TcpListener) -> Self {
+    fn serve(
+        grpc: GrpcSettings,
+        listener: TcpListener,
+        warm_up: impl Future<Output = Result<(), String>> + Send + 'static,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let ticker = CountingTicker::default();
         let calls = ticker.calls.clone();
         let shutdown = Shutdown::new();
         let services = ServiceSet::new().with(ticker_server::TickerServer::new(ticker));
         let stop = shutdown.clone();
-        let task = tokio::spawn(async move {
-            serve("ticker", &grpc, services, listener, async { Ok(()) }, stop).await
-        });
+        let task =
+            tokio::spawn(
+                async move { serve("ticker", &grpc, services, listener, warm_up, stop).await },
+            );
         Self { addr, calls, shutdown, task }
     }
 
