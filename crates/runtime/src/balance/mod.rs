@@ -410,7 +410,8 @@ impl BalancedChannel {
             .collect()
     }
 
-    /// Addresses of the replicas connected now (the ones calls can go to).
+    /// Addresses of the replicas calls can go to now: connected, and not
+    /// NOT_SERVING.
     pub fn connected(&self) -> Vec<String> {
         self.inner
             .shared
