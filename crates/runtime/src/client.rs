@@ -71,7 +71,7 @@ impl ClientTlsSettings {
             ("key_path", &self.key_path),
         ] {
             if let Some(path) = path {
-                std::fs::metadata(path).and_then(|_| std::fs::File::open(path)).map_err(|e| {
+                std::fs::read(path).map_err(|e| {
                     SettingsError::invalid(
                         &format!("{key}.{field}"),
                         format!("cannot read {}: {e}", path.display()),
