@@ -1,5 +1,6 @@
 //! `osa render`: image + audio in, MP4 out, every stage in one process (the
-//! embedded mode): audio decode, whisper features, reference preparation,
+//! embedded mode, [`osa_cli::embedded`]: the same latents as the cluster):
+//! audio decode, the audio-encoder's features, reference preparation,
 //! one-step rolling generation clip by clip, VAE decode, H.264 + Opus into a
 //! faststart MP4.
 
@@ -11,12 +12,11 @@ use std::{
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
+use osa_cli::embedded::{Embedded, EmbeddedOptions};
 use osa_media::{
     frame::{Fps, RgbFrame, VideoSize},
     output::{Mp4Render, OutputConfig},
 };
-use osa_model::{device::Placement, pipeline::Pipeline, preset::Preset, rolling::RollingState};
-use tch::Tensor;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -86,9 +86,30 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     };
 
     let started = Instant::now();
-    let pipe = load_pipeline(args)?;
+    if args.weights.is_none() {
+        eprintln!(
+            "osa render: note: no --weights given: the tiny preset with seeded random weights \
+             runs every stage for real, but random weights do not make a real face"
+        );
+    }
+    let embedded = Embedded::load(EmbeddedOptions {
+        fps: args.fps,
+        steps: args.quality,
+        seed: args.seed,
+        weights: args.weights.clone(),
+        face_detector: super::face_detector_path(args.face_detector.as_ref()),
+        size: args.size,
+        max_audio_seconds: args.max_audio_seconds,
+    })?;
+    if let Some(dir) = args.weights.as_ref().filter(|_| embedded.random_weights()) {
+        eprintln!(
+            "osa render: note: {} holds random weights: no real face comes out",
+            dir.display()
+        );
+    }
+    let pipe = embedded.pipeline();
     let preset = pipe.preset().clone();
-    let avatar = pipe.prepare_avatar(&image)?;
+    let avatar = embedded.prepare_avatar(&image)?;
     if !avatar.reference.face_found {
         eprintln!("osa render: no face found (or no face detector): using the whole image");
     } else if avatar.faces.len() > 1 {
@@ -96,11 +117,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
 
     let seconds = audio.samples.len() as f64 / f64::from(audio.sample_rate());
-    let frames_total = ((seconds * f64::from(args.fps)).round() as i64).max(1);
-    let features = pipe.audio_features(&audio.samples, args.fps)?;
+    let clips = embedded.audio_clips(&audio.samples)?;
     let clip_len = preset.frames;
-    let clips = (frames_total + clip_len - 1) / clip_len;
-    let features = pad_frames(&features, clips * clip_len);
 
     let size = VideoSize::new(preset.width, preset.height)?;
     let mut config = OutputConfig::new(size, fps);
@@ -110,64 +128,39 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut mp4 = Mp4Render::new(config)?;
     mp4.push_audio_f32(&audio.samples)?;
 
-    let bar = ProgressBar::new(clips as u64).with_style(
+    let bar = ProgressBar::new(clips.len() as u64).with_style(
         ProgressStyle::with_template("{spinner} clip {pos}/{len} [{bar:30}] {elapsed} (eta {eta})")
             .expect("static template")
             .progress_chars("=> "),
     );
-    let mut state = RollingState::new(args.seed, args.quality);
     let mut frame_index = 0u64;
-    for clip in 0..clips {
-        let clip_audio = features.narrow(0, clip * clip_len, clip_len);
-        let out = pipe.generate_clip(&avatar, &state, &clip_audio)?;
-        let rgb = pipe.decode(&out.latents)?;
-        let real = (frames_total - clip * clip_len).min(clip_len);
-        for f in 0..real {
+    let generating = Instant::now();
+    embedded.generate(&avatar, &clips, |clip| {
+        let rgb = pipe.decode(&embedded.latents_tensor(&clip.latents))?;
+        for f in 0..clip.real_frames as i64 {
             let data = Vec::<u8>::try_from(rgb.get(f).flatten(0, -1))?;
             mp4.push_frame(&RgbFrame::new(preset.width, preset.height, &data)?, frame_index)?;
             frame_index += 1;
         }
-        state = out.next;
         bar.inc(1);
-    }
+        Ok(())
+    })?;
+    let per_clip = generating.elapsed().as_secs_f64() / clips.len().max(1) as f64;
+    let clips = clips.len();
     bar.finish_and_clear();
     let bytes = mp4.finish()?;
     write_atomically(&args.out, &bytes)?;
     let took = started.elapsed().as_secs_f64();
     eprintln!(
         "osa render: {} frames ({seconds:.2} s at {} fps, {clips} clips of {clip_len}) in {took:.1} s \
-         (real-time factor {:.2}) -> {}",
+         ({:.0} ms per clip generated and decoded; real-time factor {:.2}) -> {}",
         frame_index,
         args.fps,
+        per_clip * 1000.0,
         took / seconds,
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn load_pipeline(args: &Args) -> anyhow::Result<Pipeline> {
-    let placement = Placement::auto();
-    if let Some(dir) = &args.weights {
-        let pipe = Pipeline::load_sized(dir, placement, args.size)
-            .with_context(|| format!("loading weights from {}", dir.display()))?;
-        if osa_model::weights::read_manifest(dir)?.random {
-            eprintln!(
-                "osa render: note: {} holds random weights: no real face comes out",
-                dir.display()
-            );
-        }
-        return Ok(pipe);
-    }
-    eprintln!(
-        "osa render: note: no --weights given: the tiny preset with seeded random weights runs \
-         every stage for real, but random weights do not make a real face"
-    );
-    let detector = super::face_detector_path(args.face_detector.as_ref());
-    let preset = match args.size {
-        Some((w, h)) => Preset::tiny().sized(w, h),
-        None => Preset::tiny(),
-    };
-    Ok(Pipeline::random(preset, 0, placement, detector.as_deref())?)
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -178,17 +171,6 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
         return Err(bad());
     }
     Ok((w, h))
-}
-
-/// `features` [N, S, D] padded to `len` frames by repeating the last frame
-/// (the tail of the last clip is not shown).
-fn pad_frames(features: &Tensor, len: i64) -> Tensor {
-    let n = features.size()[0];
-    if n >= len {
-        return features.narrow(0, 0, len);
-    }
-    let last = features.narrow(0, n - 1, 1).expand([len - n, -1, -1], false);
-    Tensor::cat(&[features.shallow_clone(), last], 0)
 }
 
 /// Writes through a temporary file so a failed render leaves no half file.
