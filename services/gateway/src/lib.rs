@@ -13,6 +13,7 @@ mod info;
 pub mod keys;
 pub mod quota;
 pub mod settings;
+pub mod store;
 pub mod webhook;
 
 pub use settings::Settings;
