@@ -64,6 +64,11 @@ fn valid_tenant(t: &str) -> bool {
 }
 
 impl ApiKeys {
+    /// The key store on an existing connection (keys live under `prefix`).
+    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        Self { conn, prefix: prefix.to_owned() }
+    }
+
     /// Connects to `url` (`redis://...`); `timeout` bounds each request.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, KeyError> {
         let client = redis::Client::open(url)
