@@ -15,16 +15,28 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    persistent: bool,
 }
 
 impl RedisServer {
     /// Starts one (the `redis-server` binary must be on PATH; scripts/setup.sh
     /// installs it).
     pub fn start() -> std::io::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Starts one that writes every change to an append-only file, so its
+    /// data survives [`RedisServer::restart`] (as a production Redis with
+    /// persistence does).
+    pub fn start_persistent() -> std::io::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> std::io::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = std::env::temp_dir().join(format!("osa-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut server = Self { port, dir, child: None };
+        let mut server = Self { port, dir, child: None, persistent };
         server.restart()?;
         Ok(server)
     }
@@ -38,7 +50,7 @@ impl RedisServer {
     }
 
     /// Kills the server (an outage); data is lost, as with a crashed
-    /// non-persistent Redis.
+    /// non-persistent Redis, unless it was started persistent.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -51,7 +63,8 @@ impl RedisServer {
         self.stop();
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", "", "--appendonly", if self.persistent { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
