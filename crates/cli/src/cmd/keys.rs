@@ -1,8 +1,12 @@
-//! `osa keys create|revoke|list`: the gateway's API keys in Redis.
+//! `osa keys create|revoke|list|webhook-secret`: the gateway's API keys and
+//! webhook signing secrets in Redis.
 
 use std::{process::ExitCode, time::Duration};
 
-use osa_gateway::keys::ApiKeys;
+use osa_gateway::{
+    keys::ApiKeys,
+    webhook::{WebhookError, WebhookSecrets},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,6 +33,16 @@ enum Command {
     List {
         #[arg(long)]
         tenant: Option<String>,
+    },
+    /// Print the tenant's webhook signing secret (created on first use);
+    /// `--rotate` replaces it first.
+    WebhookSecret {
+        #[arg(long)]
+        tenant: String,
+        /// Replace the secret with a new one (webhooks are signed with the
+        /// new one from then on).
+        #[arg(long)]
+        rotate: bool,
     },
 }
 
@@ -64,6 +78,26 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 for k in keys.list(tenant.as_deref()).await? {
                     println!("{}\t{}\t{}", k.id, k.tenant, k.created_ms);
                 }
+            }
+            Command::WebhookSecret { tenant, rotate } => {
+                let secrets =
+                    WebhookSecrets::connect(url, &args.prefix, Duration::from_secs(5)).await?;
+                let secret = if *rotate {
+                    secrets.rotate(tenant).await
+                } else {
+                    secrets.get_or_create(tenant).await
+                };
+                let secret = match secret {
+                    Ok(s) => s,
+                    Err(e @ WebhookError::BadTenant(_)) => {
+                        return super::usage("keys webhook-secret", e);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if *rotate {
+                    eprintln!("rotated the webhook secret of tenant {tenant}");
+                }
+                println!("{secret}");
             }
         }
         Ok(ExitCode::SUCCESS)
