@@ -45,6 +45,8 @@ pub use error::{Error, RETRY_AFTER_MS, code_name};
 pub use jobs::{RenderOptions, RenderRequest};
 pub use live::{LiveEvent, LiveReceiver, LiveSender};
 pub use osa_proto::v1;
+/// gRPC status codes, as found in [`Error::Status`].
+pub use tonic::Code;
 
 use error::error_chain;
 use v1::{

@@ -3,6 +3,7 @@
 pub mod audio;
 pub mod face;
 pub mod keys;
+pub mod remote;
 pub mod render;
 pub mod weights;
 

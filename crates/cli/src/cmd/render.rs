@@ -57,9 +57,29 @@ pub struct Args {
     /// Longest audio accepted, in seconds.
     #[arg(long, default_value_t = 600)]
     max_audio_seconds: u64,
+    /// Render through a running gateway (`http://HOST:PORT`, or `https://`)
+    /// instead of in this process.
+    #[arg(long, conflicts_with_all = ["face_detector", "size"])]
+    server: Option<String>,
+    /// API key for --server.
+    #[arg(long, env = "OSA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    if let Some(server) = &args.server {
+        return super::remote::run(&super::remote::Remote {
+            server,
+            api_key: args.api_key.as_deref(),
+            image: &args.image,
+            audio: &args.audio,
+            out: &args.out,
+            fps: args.fps,
+            quality: args.quality,
+            seed: args.seed,
+            bitrate_kbps: args.bitrate_kbps,
+        });
+    }
     for (what, path) in [("--image", &args.image), ("--audio", &args.audio)] {
         if !path.is_file() {
             return super::usage("render", format!("{what} {}: no such file", path.display()));
