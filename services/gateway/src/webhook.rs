@@ -147,7 +147,7 @@ pub fn job_json(job: &v1::Job) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
-/// How webhooks are delivered (`[webhook]`).
+/// How webhooks are delivered (`[webhooks]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSettings {
@@ -191,20 +191,20 @@ impl WebhookSettings {
     /// Checks the settings; the error names the setting and what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if self.timeout.is_zero() {
-            return Err("webhook.timeout must be positive".into());
+            return Err("webhooks.timeout must be positive".into());
         }
         if !(1..=100).contains(&self.max_attempts) {
-            return Err(format!("webhook.max_attempts {} must be 1 to 100", self.max_attempts));
+            return Err(format!("webhooks.max_attempts {} must be 1 to 100", self.max_attempts));
         }
         if self.initial_backoff.is_zero() || self.initial_backoff > self.max_backoff {
             return Err(format!(
-                "webhook.initial_backoff {:?} must be positive and at most webhook.max_backoff \
+                "webhooks.initial_backoff {:?} must be positive and at most webhooks.max_backoff \
                  ({:?})",
                 self.initial_backoff, self.max_backoff
             ));
         }
         if self.max_concurrent == 0 {
-            return Err("webhook.max_concurrent must be positive".into());
+            return Err("webhooks.max_concurrent must be positive".into());
         }
         Ok(())
     }
@@ -217,7 +217,7 @@ pub enum WebhookError {
     BadTenant(String),
     #[error("redis: {0}")]
     Redis(String),
-    /// Unusable `[webhook]` settings or HTTP client.
+    /// Unusable `[webhooks]` settings or HTTP client.
     #[error("{0}")]
     Setup(String),
 }

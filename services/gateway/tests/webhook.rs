@@ -189,7 +189,7 @@ async fn urls_are_https_only_unless_allowed() {
     assert!(local.validate_url("ftp://127.0.0.1/").is_err());
     let bad = WebhookSettings { max_attempts: 0, ..Default::default() };
     let err = Webhooks::new(bad, secrets(&redis).await).unwrap_err();
-    assert!(err.to_string().contains("webhook.max_attempts"), "{err}");
+    assert!(err.to_string().contains("webhooks.max_attempts"), "{err}");
 }
 
 /// What the receiver saw, and the statuses it answers in turn (then 200).
