@@ -25,6 +25,10 @@ enum Command {
     Audio(cmd::audio::Command),
     /// The gateway's API keys (stored hashed in Redis, one tenant each).
     Keys(cmd::keys::Args),
+    /// Run services: `osa serve all` starts the gateway and the three stages
+    /// in this process (a one-machine cluster).
+    #[command(subcommand)]
+    Serve(cmd::serve::Command),
     /// Create, convert and inspect weights directories.
     #[command(subcommand)]
     Weights(cmd::weights::Command),
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Command::Weights(c) => cmd::weights::run(&c),
         Command::Audio(c) => cmd::audio::run(&c),
         Command::Keys(args) => cmd::keys::run(&args),
+        Command::Serve(c) => cmd::serve::run(&c),
     };
     match result {
         Ok(code) => code,

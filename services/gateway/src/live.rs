@@ -686,6 +686,7 @@ impl Session {
     ) -> Result<u64, Status> {
         let mut sent = 0u64;
         let mut first = true;
+        let mut media_end = 0.0;
         while let Some(msg) = out.message().await? {
             let Some(timing) = msg.timing else { continue };
             let video = match msg.output {
@@ -713,6 +714,7 @@ impl Session {
                 }
             }
             sent = timing.clip_index + 1;
+            media_end = timing.start_seconds + timing.duration_seconds;
             if first {
                 first = false;
                 if let Some(at) = *first_audio.lock().expect("lock") {
@@ -720,6 +722,16 @@ impl Session {
                         .record(at.elapsed().as_secs_f64());
                 }
             }
+        }
+        // Wall time from the first audio to the last clip out, per second of
+        // video: at least 1 when audio arrives in real time; below 1 only
+        // when it arrives faster (a benchmark).
+        let first_audio = *first_audio.lock().expect("lock");
+        if let Some(at) = first_audio
+            && media_end > 0.0
+        {
+            metrics::histogram!("osa_gateway_live_real_time_factor")
+                .record(at.elapsed().as_secs_f64() / media_end);
         }
         Ok(sent)
     }

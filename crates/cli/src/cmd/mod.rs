@@ -5,6 +5,7 @@ pub mod face;
 pub mod keys;
 pub mod remote;
 pub mod render;
+pub mod serve;
 pub mod weights;
 
 use std::{path::PathBuf, process::ExitCode};
