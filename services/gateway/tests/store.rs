@@ -195,6 +195,21 @@ async fn the_active_job_quota_counts_queued_and_running_jobs() {
     assert!(jobs.submit("j4", spec("acme", "", "d"), 2).await.is_err());
     jobs.cancel("acme", "j3").await.unwrap().unwrap();
     jobs.submit("j4", spec("acme", "", "d"), 2).await.unwrap();
+
+    // A place whose release was lost (ids of ended or vanished jobs left in
+    // the active set) does not block the tenant.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("SADD")
+        .arg("osa:active:globex")
+        .arg("vanished")
+        .arg("j1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    jobs.submit("g2", spec("globex", "", "d"), 2).await.unwrap();
+    let e = jobs.submit("g3", spec("globex", "", "d"), 2).await.unwrap_err();
+    assert!(matches!(e, StoreError::QuotaExceeded { .. }), "{e}");
 }
 
 #[tokio::test]

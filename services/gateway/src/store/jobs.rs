@@ -194,11 +194,20 @@ if ARGV[2] == '1' then
   end
 end
 local active = redis.call('SCARD', KEYS[2])
-if active >= tonumber(ARGV[4]) then return {'quota', tostring(active)} end
+if active >= tonumber(ARGV[4]) then
+  -- Before refusing, drop ids whose job is no longer queued or running (a
+  -- release interrupted by an outage), so a lost update cannot hold a place.
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    local st = redis.call('HGET', ARGV[6] .. id, 'state')
+    if st ~= ARGV[9] and st ~= ARGV[10] then redis.call('SREM', KEYS[2], id) end
+  end
+  active = redis.call('SCARD', KEYS[2])
+  if active >= tonumber(ARGV[4]) then return {'quota', tostring(active)} end
+end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'duplicate', ''} end
 local seq = redis.call('INCR', KEYS[6])
 local entry = redis.call('XADD', KEYS[5], '*', 'job', ARGV[1])
-redis.call('HSET', KEYS[3], 'job', ARGV[7], 'rev', 1, 'state', ARGV[8], 'seq', seq, 'entry', entry, unpack(ARGV, 9))
+redis.call('HSET', KEYS[3], 'job', ARGV[7], 'rev', 1, 'state', ARGV[8], 'seq', seq, 'entry', entry, unpack(ARGV, 11))
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
 if ARGV[2] == '1' then
@@ -411,7 +420,9 @@ impl Jobs {
             .arg(IDEMPOTENCY_TTL.as_millis() as u64)
             .arg(format!("{p}job:"))
             .arg(job.encode_to_vec())
-            .arg(JobState::Queued as i32);
+            .arg(JobState::Queued as i32)
+            .arg(JobState::Queued as i32)
+            .arg(JobState::Running as i32);
         for (field, value) in spec_fields(&spec) {
             invocation.arg(field).arg(value);
         }
@@ -900,9 +911,17 @@ impl Jobs {
             Some(Updated::Written(job)) | Some(Updated::Lost(job)) => Ok(job),
             Some(Updated::Kept(job)) => {
                 // Ended elsewhere (cancelled): release the entry and place.
-                self.ack(&claim.entry_id).await?;
                 let mut conn = self.conn.clone();
-                let _: i64 = conn.srem(self.active_key(&claim.spec.tenant), &claim.job_id).await?;
+                let () = redis::pipe()
+                    .atomic()
+                    .xack(self.queue_key(), GROUP, &[&claim.entry_id])
+                    .ignore()
+                    .xdel(self.queue_key(), &[&claim.entry_id])
+                    .ignore()
+                    .srem(self.active_key(&claim.spec.tenant), &claim.job_id)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
                 Ok(job)
             }
             None => {
