@@ -632,7 +632,11 @@ impl Jobs {
         let mut skips = 0;
         let mut cursor = "0-0".to_owned();
         // Entries of dead runners first: those jobs have waited longest.
-        while skips < MAX_SKIPS {
+        // Each XAUTOCLAIM scans a few pending entries; the scans are bounded
+        // too, so a long pending list costs one claim call a bounded time.
+        let mut scans = 0;
+        while skips < MAX_SKIPS && scans < MAX_SKIPS {
+            scans += 1;
             let reply: StreamAutoClaimReply = self
                 .with_group(|mut conn, queue| {
                     let cursor = cursor.clone();
