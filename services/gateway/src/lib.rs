@@ -171,13 +171,15 @@ pub async fn run(
     Ok(())
 }
 
-/// A public service behind the API-key check and the per-key rate limit.
+/// A public service behind the per-key rate limit and the API-key check.
+/// The rate limit comes first: a flood under one key (even an unknown one)
+/// is refused before it costs a Redis lookup.
 fn guard_service<S>(
     svc: S,
     limiter: &RateLimiter,
     keys: &ApiKeys,
-) -> Authenticated<RateLimited<S>> {
-    Authenticated::new(RateLimited::with_limiter(svc, limiter.clone()), keys.clone())
+) -> RateLimited<Authenticated<S>> {
+    RateLimited::with_limiter(Authenticated::new(svc, keys.clone()), limiter.clone())
 }
 
 /// Sets the gauges that are read rather than counted: the job queue's depth

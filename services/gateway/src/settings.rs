@@ -267,6 +267,7 @@ impl Validate for Settings {
             ));
         }
         self.storage.validate().map_err(|e| SettingsError::invalid("storage", e))?;
+        self.webhooks.validate().map_err(|e| SettingsError::invalid("webhooks", e))?;
         let j = &self.jobs;
         if j.workers == 0 || j.workers > 1024 {
             return Err(SettingsError::invalid("jobs.workers", "must be in 1..=1024"));
