@@ -94,7 +94,10 @@ pub async fn run(
     let blobs = blobs::Blobs::from_settings(&settings.storage)?;
     let webhooks =
         Webhooks::new(settings.webhooks.clone(), WebhookSecrets::new(conn.clone(), prefix))?;
-    let jobs = Jobs::new(conn.clone(), prefix).with_retention(settings.jobs.retention);
+    // A client of their own for watches (pub/sub) and blocking queue reads.
+    let jobs = Jobs::new(conn.clone(), prefix)
+        .with_retention(settings.jobs.retention)
+        .with_client(store::client(&settings.redis.url)?, settings.redis.timeout);
     let shared = Shared {
         settings: settings.clone(),
         stages,
@@ -106,7 +109,8 @@ pub async fn run(
     };
     // The queue's blocking reads get a connection of their own.
     let queue = Jobs::new(redis_connection(&settings.redis)?, prefix)
-        .with_retention(settings.jobs.retention);
+        .with_retention(settings.jobs.retention)
+        .with_client(store::client(&settings.redis.url)?, settings.redis.timeout);
 
     let limiter = RateLimiter::new(settings.gateway.requests_per_second_per_key);
     let info = InfoServiceServer::new(info::Info::new(&settings))

@@ -202,7 +202,10 @@ impl LiveService for Live {
 /// Clips waiting for the generator.
 #[derive(Default)]
 struct Queue {
-    items: Mutex<VecDeque<Item>>,
+    /// The clips, and the utterance (encoder stream) that may still add to
+    /// them: an interrupt moves to the next one under the same lock, so a
+    /// late clip of an interrupted utterance can never slip in.
+    items: Mutex<(u64, VecDeque<Item>)>,
     ready: Notify,
 }
 
@@ -216,25 +219,36 @@ enum Item {
 }
 
 impl Queue {
-    fn push(&self, item: Item) {
-        self.items.lock().expect("queue lock").push_back(item);
-        self.ready.notify_one();
+    /// Queues `item` unless `utterance` was interrupted.
+    fn push(&self, utterance: u64, item: Item) {
+        let mut items = self.items.lock().expect("queue lock");
+        if items.0 == utterance {
+            items.1.push_back(item);
+            self.ready.notify_one();
+        }
+    }
+
+    /// The utterance new clips belong to.
+    fn utterance(&self) -> u64 {
+        self.items.lock().expect("queue lock").0
     }
 
     async fn pop(&self) -> Item {
         loop {
-            if let Some(item) = self.items.lock().expect("queue lock").pop_front() {
+            if let Some(item) = self.items.lock().expect("queue lock").1.pop_front() {
                 return item;
             }
             self.ready.notified().await;
         }
     }
 
-    /// Drops every queued clip; returns how many.
-    fn clear(&self) -> u64 {
+    /// Ends the current utterance and drops its queued clips; returns how
+    /// many.
+    fn interrupt(&self) -> u64 {
         let mut items = self.items.lock().expect("queue lock");
-        let n = items.iter().filter(|i| matches!(i, Item::Clip { .. })).count();
-        items.retain(|i| matches!(i, Item::EndOfAudio));
+        items.0 += 1;
+        let n = items.1.iter().filter(|i| matches!(i, Item::Clip { .. })).count();
+        items.1.retain(|i| matches!(i, Item::EndOfAudio));
         n as u64
     }
 }
@@ -415,7 +429,7 @@ impl Session {
                     if let Some(enc) = encoder.take() {
                         enc.reader.abort();
                     }
-                    let dropped = self.queue.clear();
+                    let dropped = self.queue.interrupt();
                     metrics::counter!("osa_gateway_live_interrupts_total").increment(1);
                     let next = self.next_index.load(Ordering::SeqCst);
                     let ack = LiveInterrupted { dropped_clips: dropped, next_clip_index: next };
@@ -479,6 +493,7 @@ impl Session {
             .await?
             .into_inner();
         let this = self.clone();
+        let utterance = self.queue.utterance();
         let reader = tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -489,14 +504,14 @@ impl Session {
                     Ok(Some(clip)) => {
                         let audio_at = *this.last_audio.lock().expect("lock");
                         let last = clip.last;
-                        this.queue.push(Item::Clip { features: clip, audio_at });
+                        this.queue.push(utterance, Item::Clip { features: clip, audio_at });
                         if last {
-                            this.queue.push(Item::EndOfAudio);
+                            this.queue.push(utterance, Item::EndOfAudio);
                             return;
                         }
                     }
                     Ok(None) => {
-                        this.queue.push(Item::EndOfAudio);
+                        this.queue.push(utterance, Item::EndOfAudio);
                         return;
                     }
                     Err(status) => {
@@ -519,15 +534,15 @@ impl Session {
                     request: Some(encode_stream_request::Request::End(EncodeEnd {})),
                 };
                 if enc.tx.send(end).await.is_err() {
-                    self.queue.push(Item::EndOfAudio);
+                    self.queue.push(self.queue.utterance(), Item::EndOfAudio);
                 }
                 // The reader queues the last clip and the end.
             }
             Some(enc) => {
                 enc.reader.abort();
-                self.queue.push(Item::EndOfAudio);
+                self.queue.push(self.queue.utterance(), Item::EndOfAudio);
             }
-            None => self.queue.push(Item::EndOfAudio),
+            None => self.queue.push(self.queue.utterance(), Item::EndOfAudio),
         }
     }
 
@@ -687,7 +702,12 @@ impl Session {
         let mut sent = 0u64;
         let mut first = true;
         let mut media_end = 0.0;
-        while let Some(msg) = out.message().await? {
+        loop {
+            let msg = tokio::select! {
+                m = out.message() => m?,
+                () = self.abort.cancelled() => return Ok(sent),
+            };
+            let Some(msg) = msg else { break };
             let Some(timing) = msg.timing else { continue };
             let video = match msg.output {
                 Some(decode_response::Output::Segment(s)) => live_clip::Video::Segment(s),

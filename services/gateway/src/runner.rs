@@ -218,6 +218,11 @@ impl Runner {
         };
         let succeeded = matches!(outcome, Outcome::Succeeded { .. });
         match shared.jobs.finish(&claim, outcome).await {
+            Ok(job) if !crate::store::jobs::is_terminal(job.state()) => {
+                // Another gateway took the job over meanwhile: it finishes it
+                // and needs its working files.
+                tracing::warn!(state = ?job.state(), "claim lost before the job's end was recorded");
+            }
             Ok(job) => {
                 let state =
                     job.state().as_str_name().trim_start_matches("JOB_STATE_").to_lowercase();
