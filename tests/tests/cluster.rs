@@ -597,3 +597,59 @@ async fn a_finished_job_calls_its_webhook_with_a_valid_signature() {
     ));
     env.cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_session_survives_its_generator_dying() {
+    let mut env = Env::start(|o| {
+        o.hard_stop = true;
+        o.standby_generators = 1;
+    })
+    .await;
+    let client = env.client().await;
+    let avatar = client.create_avatar_from_file(&sample("portrait.png")).await.unwrap();
+    let audio = speech_excerpt(env.data.path(), 3.0);
+    let bytes = std::fs::read(&audio).unwrap();
+    let d = osa_audio::decode_file(&bytes, None, &osa_audio::DecodeLimits::default()).unwrap();
+    let pcm: Vec<i16> =
+        d.samples.iter().map(|s| (s.clamp(-1.0, 1.0) * 32767.0).round() as i16).collect();
+    let start = LiveStart {
+        avatar_id: avatar.avatar_id.clone(),
+        output: VideoOutput::RawFrames as i32,
+        sampling: Some(v1::SamplingOptions { steps: 1, seed: SEED }),
+        ..LiveStart::default()
+    };
+    let (tx, mut rx) = client.live(start).await.unwrap();
+    let (half, rest) = pcm.split_at(pcm.len() * 2 / 3);
+    tx.send_pcm16(half).await.unwrap();
+    let mut indices = Vec::new();
+    let mut killed = false;
+    let mut ended = None;
+    let mut rest = Some(rest.to_vec());
+    while let Some(event) = rx.next().await {
+        match event.expect("the session survives") {
+            LiveEvent::Clip(c) => indices.push(c.timing.unwrap().clip_index),
+            LiveEvent::Ended(e) => ended = Some(e),
+            _ => {}
+        }
+        if !killed && !indices.is_empty() {
+            killed = true;
+            let dead = env.cluster.generators.remove(0);
+            dead.stop().await.unwrap();
+            env.cluster.start_standby(0).await.unwrap();
+            let (tx, rest) = (tx.clone(), rest.take().unwrap());
+            tokio::spawn(async move {
+                tx.send_pcm16(&rest).await.unwrap();
+                tx.end().await.unwrap();
+            });
+        }
+    }
+    assert!(killed, "the generator died mid-session");
+    let ended = ended.expect("the session ends normally");
+    assert_eq!(
+        indices,
+        (0..indices.len() as u64).collect::<Vec<_>>(),
+        "no clip skipped or repeated"
+    );
+    assert_eq!(ended.clips, expected_frames(&audio, 25).div_ceil(12));
+    env.cluster.stop().await.unwrap();
+}

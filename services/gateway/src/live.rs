@@ -165,6 +165,7 @@ impl LiveService for Live {
             timings: Arc::new(Mutex::new(HashMap::new())),
             next_index: Arc::new(AtomicU64::new(0)),
             last_audio: Arc::new(Mutex::new(Instant::now())),
+            generator_opened: Arc::default(),
         };
         let span = tracing::info_span!("live", session = %session.plan.session_id, tenant = %session.plan.tenant);
         tokio::spawn(
@@ -268,6 +269,8 @@ struct Session {
     next_index: Arc<AtomicU64>,
     /// When the latest audio message arrived.
     last_audio: Arc<Mutex<Instant>>,
+    /// Whether a generator stream was opened (its context exists).
+    generator_opened: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The open encoder stream of the current utterance.
@@ -608,9 +611,19 @@ impl Session {
         loop {
             attempt += 1;
             if generator.is_none() {
-                let resume = self.next_index.load(Ordering::SeqCst) > 0;
+                // After the first open the generator holds the stream's
+                // context (even before clip 0 is done): resume it.
+                let resume = self.generator_opened.load(Ordering::SeqCst);
                 match self.open_generator(resume).await {
-                    Ok(g) => *generator = Some(g),
+                    Ok(g) => {
+                        self.generator_opened.store(true, Ordering::SeqCst);
+                        *generator = Some(g);
+                    }
+                    Err(s) if s.code() == tonic::Code::AlreadyExists && attempt < attempts => {
+                        // Created by an open whose answer was lost.
+                        self.generator_opened.store(true, Ordering::SeqCst);
+                        continue;
+                    }
                     Err(s) if stages::retryable(&s) && attempt < attempts => {
                         tokio::time::sleep(stages::backoff(attempt, &s)).await;
                         continue;
