@@ -298,3 +298,24 @@ pub fn render_latents(
         fps: options.fps,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_options_and_inputs_are_named_before_any_model_loads() {
+        let image = RgbImage::new(64, 64);
+        for (options, needle) in [
+            (EmbeddedOptions::new(20), "fps 20"),
+            (EmbeddedOptions { steps: 3, ..EmbeddedOptions::new(25) }, "steps 3"),
+            (EmbeddedOptions { size: Some((100, 64)), ..EmbeddedOptions::new(25) }, "100x64"),
+        ] {
+            let err = Embedded::load(options).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err:#}");
+        }
+        let err =
+            render_latents(&image, b"not audio", &EmbeddedOptions::new(25), |_, _| {}).unwrap_err();
+        assert!(format!("{err:#}").starts_with("audio"), "{err:#}");
+    }
+}
