@@ -163,7 +163,12 @@ fn embedded_with(seed: u64, n: u64) -> Vec<Tensor> {
     (0..n)
         .map(|i| {
             let out = pipe.generate_clip(&avatar, &state, &features(i)).unwrap();
-            state = out.next;
+            // Through the bytes, as the service's context store carries it:
+            // the in-memory state's latents keep the UNet output's
+            // channels-last strides, with which libtorch picks other conv
+            // kernels for the next clip (f32 rounding differences, ~1e-5).
+            state =
+                RollingState::from_bytes(&out.next.to_bytes().unwrap(), tch::Device::Cpu).unwrap();
             out.latents
         })
         .collect()
@@ -182,13 +187,26 @@ async fn prepare(c: &mut GeneratorServiceClient<Channel>) {
     assert_eq!((r.image_width, r.image_height), (512, 512));
 }
 
+/// A clip that ran alone through the UNet equals the embedded pipeline's bit
+/// for bit.
 fn assert_same(got: &[GeneratedClip], want: &[Tensor]) {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert_eq!(g.timing.as_ref().unwrap().clip_index, i as u64);
+        let (g, w) = (latents(g), w.to_kind(Kind::Float));
+        let err = f64::try_from((&g - &w).abs().max()).unwrap();
+        assert!(g.equal(&w), "clip {i}: not bitwise equal (max abs diff {err:e})");
+    }
+}
+
+/// Clips batched with other streams' run through the UNet at another batch
+/// size, with which libtorch's kernels sum in another order: equal to f32
+/// rounding (seen: ~3e-6 on the first clip, ~3e-5 after rolling), not bitwise.
+fn assert_close(got: &[GeneratedClip], want: &[Tensor]) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.timing.as_ref().unwrap().clip_index, i as u64);
         let g = latents(g);
-        // fp16 rolling states make tiny float differences (thread count,
-        // op order) visible; anything real is orders of magnitude larger.
         let err = f64::try_from((&g - w).abs().max()).unwrap();
         let scale = f64::try_from(w.abs().max()).unwrap();
         assert!(err <= 1e-5 * (1.0 + scale) * 10.0, "clip {i}: max abs diff {err} (scale {scale})");
@@ -482,8 +500,8 @@ async fn streams_batched_together_equal_each_alone() {
     let (mut ca, mut cb) = (c.clone(), c.clone());
     let (a, b) =
         tokio::join!(generate(&mut ca, with_seed("ba", 7)), generate(&mut cb, with_seed("bb", 8)));
-    assert_same(&a.unwrap(), &embedded_with(7, 2));
-    assert_same(&b.unwrap(), &embedded_with(8, 2));
+    assert_close(&a.unwrap(), &embedded_with(7, 2));
+    assert_close(&b.unwrap(), &embedded_with(8, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
