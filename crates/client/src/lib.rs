@@ -173,6 +173,10 @@ fn configure_tls(endpoint: Endpoint, config: &ClientConfig) -> Result<Endpoint, 
         }
         return Ok(endpoint);
     }
+    // rustls needs one process-wide provider; when the program also links
+    // another (aws-lc-rs, e.g. through object_store) it cannot pick one, so
+    // name ring unless the program installed its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = match &config.ca_pem {
         Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
         None => ClientTlsConfig::new().with_webpki_roots(),

@@ -24,6 +24,8 @@ impl InfoService for Info {
 /// A TLS server for `localhost` with a throwaway self-signed certificate;
 /// returns its port and the certificate's PEM.
 async fn tls_server() -> (u16, String) {
+    // The test's own server needs a provider too (see configure_tls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let (cert, key) = (ck.cert.pem(), ck.signing_key.serialize_pem());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

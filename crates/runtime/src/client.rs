@@ -87,6 +87,7 @@ impl ClientTlsSettings {
 
     /// Reads the files into a tonic TLS configuration.
     pub fn to_tls_config(&self) -> Result<ClientTlsConfig, ClientError> {
+        install_crypto_provider();
         let read = |what: &str, path: &PathBuf| {
             std::fs::read(path).map_err(|e| {
                 ClientError::Tls(format!("cannot read {what} {}: {e}", path.display()))
@@ -193,4 +194,16 @@ pub async fn connect(url: &str, opts: &ClientOptions) -> Result<Channel, ClientE
         .connect()
         .await
         .map_err(|source| ClientError::Connect { endpoint: url.to_owned(), source })
+}
+
+/// Installs ring as the process's rustls crypto provider, once. rustls picks
+/// a provider from its crate features only when exactly one is compiled in;
+/// object_store (S3) brings aws-lc-rs beside tonic's ring, so every TLS
+/// setup here names one. A provider installed earlier by the embedding
+/// program wins.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }

@@ -192,6 +192,7 @@ impl TlsSettings {
             }
             (Some(cert), Some(key)) => (cert, key),
         };
+        crate::client::install_crypto_provider();
         let mut config = ServerTlsConfig::new()
             .identity(Identity::from_pem(read("cert_path", cert)?, read("key_path", key)?));
         if let Some(ca) = &self.client_ca_path {
