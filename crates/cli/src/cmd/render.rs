@@ -44,9 +44,10 @@ pub struct Args {
     /// $OSA_FACE_DETECTOR, else target/weights/face_detector.safetensors).
     #[arg(long)]
     face_detector: Option<PathBuf>,
-    /// Noise seed (the same seed and inputs give the same video).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Noise seed, at least 1: the same seed and inputs give the same video,
+    /// embedded or through --server. Default: a random one, printed.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    seed: Option<u64>,
     /// Video bitrate in kbit/s (default: the encoder's choice for the size).
     #[arg(long)]
     bitrate_kbps: Option<u32>,
@@ -76,7 +77,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             out: &args.out,
             fps: args.fps,
             quality: args.quality,
-            seed: args.seed,
+            // 0 asks the server to pick one (it reports it).
+            seed: args.seed.unwrap_or(0),
             bitrate_kbps: args.bitrate_kbps,
         });
     }
@@ -112,10 +114,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
              runs every stage for real, but random weights do not make a real face"
         );
     }
+    let seed = args.seed.unwrap_or_else(|| {
+        let seed = fastrand::u64(1..);
+        eprintln!("osa render: seed {seed} (pass --seed {seed} to render the same video again)");
+        seed
+    });
     let embedded = Embedded::load(EmbeddedOptions {
         fps: args.fps,
         steps: args.quality,
-        seed: args.seed,
+        seed,
         weights: args.weights.clone(),
         face_detector: super::face_detector_path(args.face_detector.as_ref()),
         size: args.size,
