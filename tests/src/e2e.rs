@@ -105,12 +105,22 @@ pub fn frame_md5s(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The audio file at `path` as 16 kHz mono samples.
+fn samples(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).expect("audio");
+    osa_audio::decode_file(&bytes, None, &osa_audio::DecodeLimits::default())
+        .expect("decode")
+        .samples
+}
+
+/// The audio file at `path` as live PCM16 (16 kHz mono), as a client sends it.
+pub fn pcm16(path: &Path) -> Vec<i16> {
+    samples(path).iter().map(|s| (s.clamp(-1.0, 1.0) * 32767.0).round() as i16).collect()
+}
+
 /// Frames the audio-encoder makes of `path` at `fps` (what a render shows).
 pub fn expected_frames(path: &Path, fps: u32) -> u64 {
-    let bytes = std::fs::read(path).expect("audio");
-    let d =
-        osa_audio::decode_file(&bytes, None, &osa_audio::DecodeLimits::default()).expect("decode");
-    ((d.samples.len() as u64 * u64::from(fps) * 2 + 16_000) / 32_000).max(1)
+    ((samples(path).len() as u64 * u64::from(fps) * 2 + 16_000) / 32_000).max(1)
 }
 
 /// A running test deployment.

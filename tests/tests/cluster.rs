@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 
 use futures::StreamExt as _;
 use osa_client::{Client, Error, LiveEvent, RenderOptions, RenderRequest};
-use osa_e2e::e2e::{Env, expected_frames, frame_md5s, probe, sample, speech_excerpt};
+use osa_e2e::e2e::{Env, expected_frames, frame_md5s, pcm16, probe, sample, speech_excerpt};
 use osa_proto::v1::{self, JobState, LiveStart, VideoOutput};
 use prost::Message as _;
 use tonic::Code;
@@ -45,10 +45,7 @@ async fn live(
     avatar: &str,
     audio: &Path,
 ) -> (Vec<u8>, Vec<v1::LiveClip>, v1::LiveEnded) {
-    let bytes = std::fs::read(audio).unwrap();
-    let d = osa_audio::decode_file(&bytes, None, &osa_audio::DecodeLimits::default()).unwrap();
-    let pcm: Vec<i16> =
-        d.samples.iter().map(|s| (s.clamp(-1.0, 1.0) * 32767.0).round() as i16).collect();
+    let pcm = pcm16(audio);
     let start = LiveStart {
         avatar_id: avatar.to_owned(),
         fps: 25,
@@ -475,10 +472,7 @@ async fn live_sessions_interrupt_keep_going_and_time_out_when_idle() {
     let client = env.client().await;
     let avatar = client.create_avatar_from_file(&sample("portrait.png")).await.unwrap();
     let audio = speech_excerpt(env.data.path(), 2.0);
-    let bytes = std::fs::read(&audio).unwrap();
-    let d = osa_audio::decode_file(&bytes, None, &osa_audio::DecodeLimits::default()).unwrap();
-    let pcm: Vec<i16> =
-        d.samples.iter().map(|s| (s.clamp(-1.0, 1.0) * 32767.0).round() as i16).collect();
+    let pcm = pcm16(&audio);
     let start = LiveStart {
         avatar_id: avatar.avatar_id.clone(),
         output: VideoOutput::RawFrames as i32,
@@ -534,7 +528,8 @@ async fn a_finished_job_calls_its_webhook_with_a_valid_signature() {
         o.gateway.webhooks.allow_private_addresses = true;
     })
     .await;
-    let received: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    type Calls = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let received: Calls = Arc::default();
     let app = {
         let received = received.clone();
         axum::Router::new().route(
@@ -608,10 +603,7 @@ async fn a_live_session_survives_its_generator_dying() {
     let client = env.client().await;
     let avatar = client.create_avatar_from_file(&sample("portrait.png")).await.unwrap();
     let audio = speech_excerpt(env.data.path(), 3.0);
-    let bytes = std::fs::read(&audio).unwrap();
-    let d = osa_audio::decode_file(&bytes, None, &osa_audio::DecodeLimits::default()).unwrap();
-    let pcm: Vec<i16> =
-        d.samples.iter().map(|s| (s.clamp(-1.0, 1.0) * 32767.0).round() as i16).collect();
+    let pcm = pcm16(&audio);
     let start = LiveStart {
         avatar_id: avatar.avatar_id.clone(),
         output: VideoOutput::RawFrames as i32,
