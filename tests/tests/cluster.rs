@@ -645,3 +645,42 @@ async fn a_live_session_survives_its_generator_dying() {
     assert_eq!(ended.clips, expected_frames(&audio, 25).div_ceil(12));
     env.cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_public_api_is_served_over_tls_when_configured() {
+    let pki = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let (cert, key) = (pki.path().join("cert.pem"), pki.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let env = Env::start(|o| {
+        o.gateway.grpc.tls = osa_runtime::settings::TlsSettings {
+            cert_path: Some(cert.clone()),
+            key_path: Some(key.clone()),
+            client_ca_path: None,
+        };
+        o.gateway_ca = Some(cert.clone());
+    })
+    .await;
+    assert!(env.url().starts_with("https://"), "{}", env.url());
+    let mut config = osa_client::ClientConfig::new(env.url());
+    config.api_key = Some(env.key.clone());
+    config.ca_pem = Some(std::fs::read(&cert).unwrap());
+    let client = Client::with_config(config).await.expect("a TLS client");
+    let avatar = client.create_avatar_from_file(&sample("portrait.png")).await.unwrap();
+    let audio = speech_excerpt(env.data.path(), 1.0);
+    let out = env.data.path().join("tls.mp4");
+    render(&client, &avatar.avatar_id, &audio, &out).await;
+    assert_eq!(probe(&out).video_frames, expected_frames(&audio, 25));
+
+    // Plain HTTP/2 to the TLS port gets no answer.
+    let plain = env.url().replacen("https://", "http://", 1);
+    let refused = match Client::connect(&plain, Some(&env.key)).await {
+        Err(e) => e,
+        Ok(c) => c.list_avatars().await.unwrap_err(),
+    };
+    assert!(refused.code() != Some(Code::Ok), "{refused}");
+    env.cluster.stop().await.unwrap();
+}

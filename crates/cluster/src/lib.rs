@@ -44,6 +44,9 @@ pub struct ClusterOptions {
     /// Stop replicas without a drain: in-flight calls are cut at once, as
     /// when a process dies (tests).
     pub hard_stop: bool,
+    /// The CA (PEM) that signed the gateway's certificate, when
+    /// `gateway.grpc.tls` is set: readiness is checked over TLS with it.
+    pub gateway_ca: Option<PathBuf>,
 }
 
 impl ClusterOptions {
@@ -62,6 +65,7 @@ impl ClusterOptions {
             data_dir,
             gateway: osa_gateway::Settings::default(),
             hard_stop: false,
+            gateway_ca: None,
         }
     }
 }
@@ -205,7 +209,10 @@ impl Cluster {
     pub fn gateway_settings(&self, listen: SocketAddr) -> osa_gateway::Settings {
         let o = &self.options;
         let mut s = o.gateway.clone();
+        // The gateway keeps its own TLS (the public API); stages are plain.
+        let tls = s.grpc.tls.clone();
         s.grpc = grpc_on(listen, o.hard_stop);
+        s.grpc.tls = tls;
         s.metrics = no_metrics();
         s.redis.url = o.redis_url.clone();
         let template = s.stages.generator.clone();
@@ -228,8 +235,13 @@ impl Cluster {
         let l = TcpListener::bind(listen).await?;
         let addr = l.local_addr()?;
         let s = self.gateway_settings(addr);
+        let https = s.grpc.tls.enabled();
         let sd = Shutdown::new();
-        Ok(spawn(addr, sd.clone(), osa_gateway::run(s, l, sd)))
+        let mut replica = spawn(addr, sd.clone(), osa_gateway::run(s, l, sd));
+        if https {
+            replica.url = format!("https://{addr}");
+        }
+        Ok(replica)
     }
 
     /// Stops the gateway and starts a new one on the same address (a
@@ -264,7 +276,7 @@ impl Cluster {
                 if r.is_finished() {
                     anyhow::bail!("the service at {} stopped while starting", r.url);
                 }
-                if serving(&r.url).await {
+                if serving_with(&r.url, self.options.gateway_ca.as_deref()).await {
                     break;
                 }
                 if tokio::time::Instant::now() > deadline {
@@ -290,9 +302,23 @@ impl Cluster {
 
 /// Whether the gRPC health service at `url` says SERVING.
 pub async fn serving(url: &str) -> bool {
-    let Ok(channel) = tonic::transport::Endpoint::from_shared(url.to_owned()) else {
+    serving_with(url, None).await
+}
+
+/// [`serving`], trusting the PEM CA at `ca` for an `https://` URL.
+pub async fn serving_with(url: &str, ca: Option<&std::path::Path>) -> bool {
+    let Ok(mut channel) = tonic::transport::Endpoint::from_shared(url.to_owned()) else {
         return false;
     };
+    if url.starts_with("https://") {
+        let tls = osa_runtime::client::ClientTlsSettings {
+            ca_path: ca.map(std::path::Path::to_path_buf),
+            ..Default::default()
+        };
+        let Ok(config) = tls.to_tls_config() else { return false };
+        let Ok(with_tls) = channel.tls_config(config) else { return false };
+        channel = with_tls;
+    }
     let Ok(channel) = channel.connect_timeout(Duration::from_millis(500)).connect().await else {
         return false;
     };
