@@ -153,7 +153,11 @@ async fn every_service_binary_serves_health_and_reflection() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
 
-    let gateway = sandbox::spawn(osa_gateway::Settings::default(), osa_gateway::run).await.unwrap();
+    // The gateway serves once its Redis answers.
+    let redis = osa_runtime::testkit::RedisServer::start().unwrap();
+    let mut gateway_settings = osa_gateway::Settings::default();
+    gateway_settings.redis.url = redis.url();
+    let gateway = sandbox::spawn(gateway_settings, osa_gateway::run).await.unwrap();
     let audio = sandbox::spawn(osa_audio_encoder::Settings::default(), osa_audio_encoder::run)
         .await
         .unwrap();
@@ -209,7 +213,11 @@ async fn the_metrics_endpoint_counts_rpcs() {
     let metrics_addr = metrics_listener.local_addr().unwrap();
     tokio::spawn(osa_runtime::metrics::serve(metrics_listener, shutdown.clone()));
 
-    let gateway = sandbox::spawn(osa_gateway::Settings::default(), osa_gateway::run).await.unwrap();
+    // The gateway serves once its Redis answers.
+    let redis = osa_runtime::testkit::RedisServer::start().unwrap();
+    let mut gateway_settings = osa_gateway::Settings::default();
+    gateway_settings.redis.url = redis.url();
+    let gateway = sandbox::spawn(gateway_settings, osa_gateway::run).await.unwrap();
     let ch = gateway.channel().await.unwrap();
     sandbox::wait_serving(&ch, "").await.unwrap();
     let mut client = osa_proto::v1::info_service_client::InfoServiceClient::new(ch);

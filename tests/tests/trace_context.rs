@@ -25,7 +25,11 @@ async fn one_trace_across_a_grpc_hop() {
     };
     let guard = osa_runtime::telemetry::init("osa-test", &telemetry).unwrap();
 
-    let gateway = sandbox::spawn(osa_gateway::Settings::default(), osa_gateway::run).await.unwrap();
+    // The gateway serves once its Redis answers.
+    let redis = osa_runtime::testkit::RedisServer::start().unwrap();
+    let mut gateway_settings = osa_gateway::Settings::default();
+    gateway_settings.redis.url = redis.url();
+    let gateway = sandbox::spawn(gateway_settings, osa_gateway::run).await.unwrap();
     let ticker = sandbox::spawn(GrpcSettings::default(), |g, l, s| async move {
         serve::serve(
             "ticker",
