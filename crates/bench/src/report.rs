@@ -1,0 +1,501 @@
+//! The report: one table of workloads, the cluster's overhead over the
+//! embedded mode, per-process memory, the load test, and where it ran.
+//! Rendered as markdown (the table printed and written to docs) and JSON.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::{BenchOptions, Pace};
+
+/// One workload in one mode.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Row {
+    /// `embedded` or `cluster`.
+    pub mode: String,
+    /// `live xN` or `batch xN`.
+    pub workload: String,
+    /// Concurrent sessions or jobs.
+    pub concurrency: usize,
+    /// Clips produced (all sessions or jobs).
+    pub clips: u64,
+    /// Frames produced (backed by audio).
+    pub frames: u64,
+    /// Time to first segment, ms (live only): p50 and p95 over sessions.
+    pub ttfs_p50_ms: Option<f64>,
+    pub ttfs_p95_ms: Option<f64>,
+    /// Opening a live session, ms, p50 over sessions: the client's call to
+    /// the `Started` event (cluster only: key check, admission slot, stage
+    /// streams).
+    pub open_p50_ms: Option<f64>,
+    /// The gateway's own time to first segment (first audio at the gateway
+    /// to the first segment sent), mean, ms (cluster only).
+    pub gateway_ttfs_ms: Option<f64>,
+    /// Mean over sessions/jobs of (wall time / media time).
+    pub rtf: f64,
+    /// Frames produced per second of wall time, all sessions together.
+    pub fps: f64,
+    /// Per clip, ms: audio encoder forward passes.
+    pub audio_ms: f64,
+    /// Per clip, ms: denoising UNet (amortised over a batch).
+    pub unet_ms: f64,
+    /// Per clip, ms: VAE decode.
+    pub vae_ms: f64,
+    /// Per clip, ms: H.264 + (f)MP4 muxing.
+    pub video_ms: f64,
+    /// Per clip, ms: the generator's context-store (Redis) calls.
+    pub redis_ms: f64,
+    /// Per clip, ms: waits in the stages' model queues.
+    pub queue_ms: f64,
+    /// Per clip, ms: wall time per clip (all sessions' clips over the
+    /// workload's wall time x concurrency) minus the stage times above:
+    /// gRPC hops, serialisation, copies, scheduling. Negative when stages
+    /// overlap (the cluster pipelines its stages).
+    pub other_ms: f64,
+    /// Errors by gRPC code name.
+    pub errors: BTreeMap<String, u64>,
+    /// Wall time of the workload, s.
+    pub wall_s: f64,
+}
+
+/// A process's memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcMem {
+    pub name: String,
+    pub pid: u32,
+    /// Peak resident set (VmHWM), MiB.
+    pub peak_mib: f64,
+}
+
+/// The cluster over the embedded mode, one workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overhead {
+    pub workload: String,
+    /// cluster RTF / embedded RTF.
+    pub rtf_ratio: f64,
+    /// cluster TTFS p50 - embedded TTFS p50, ms.
+    pub ttfs_p50_diff_ms: Option<f64>,
+    /// Per clip, ms, cluster minus embedded, by stage.
+    pub stage_diff_ms: BTreeMap<String, f64>,
+}
+
+/// Memory of one process over the load test.
+#[derive(Debug, Clone, Serialize)]
+pub struct RssTrace {
+    pub name: String,
+    pub pid: u32,
+    pub start_mib: f64,
+    pub end_mib: f64,
+    pub max_mib: f64,
+    pub samples: usize,
+}
+
+/// The bounded load test.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// Concurrent sessions attempted.
+    pub sessions: usize,
+    /// The gateway's admission limit (live sessions per key).
+    pub capacity: u32,
+    /// Seconds new sessions were started.
+    pub duration_s: f64,
+    /// Wall time until the last session ended.
+    pub wall_s: f64,
+    /// Sessions that ran to their end.
+    pub completed: u64,
+    /// Clips received.
+    pub clips: u64,
+    /// Errors by gRPC code name (`TIMEOUT`: no answer in time).
+    pub errors: BTreeMap<String, u64>,
+    /// Time to first segment of completed sessions.
+    pub ttfs_p50_ms: Option<f64>,
+    pub ttfs_p95_ms: Option<f64>,
+    /// VmRSS of every process, sampled over the run.
+    pub memory: Vec<RssTrace>,
+}
+
+/// Where and how it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub gpu: String,
+    pub load_average_start: String,
+    pub load_average_end: String,
+    pub kernel: String,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub command: String,
+    pub git_commit: String,
+    pub started_utc: String,
+    pub machine: Machine,
+    pub preset: String,
+    pub audio_seconds: f64,
+    pub pace: Pace,
+    pub threads: usize,
+    pub cluster_launch: String,
+    pub rows: Vec<Row>,
+    pub overhead: Vec<Overhead>,
+    pub memory: Vec<ProcMem>,
+    pub load: Option<LoadReport>,
+    pub notes: Vec<String>,
+}
+
+/// Marks where [`splice`] puts the report in a markdown file.
+pub const BEGIN: &str = "<!-- osa-bench:begin -->";
+/// End of the report in a markdown file.
+pub const END: &str = "<!-- osa-bench:end -->";
+
+/// `doc` with the text between [`BEGIN`] and [`END`] replaced by `md`, so
+/// the documented figures are always the tool's own output.
+pub fn splice(doc: &str, md: &str) -> Result<String, String> {
+    let begin = doc.find(BEGIN).ok_or_else(|| format!("no {BEGIN} marker"))?;
+    let end = doc[begin..].find(END).ok_or_else(|| format!("no {END} marker after {BEGIN}"))?;
+    let end = begin + end;
+    Ok(format!(
+        "{}{BEGIN}\n<!-- generated by osa-bench; do not edit -->\n\n{}\n{}",
+        &doc[..begin],
+        md.trim_end(),
+        &doc[end..]
+    ))
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+impl Machine {
+    fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| "unknown (no model name in /proc/cpuinfo)".into());
+        let memory_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
+            .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+        let gpu = if tch::Cuda::is_available() {
+            let name = sh("nvidia-smi", &["--query-gpu=name", "--format=csv,noheader"]);
+            format!("CUDA ({})", if name.is_empty() { "nvidia-smi absent" } else { &name })
+        } else {
+            "none (libtorch sees no CUDA device)".into()
+        };
+        Self {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_gib,
+            gpu,
+            load_average_start: loadavg(),
+            load_average_end: String::new(),
+            kernel: sh("uname", &["-sr"]),
+        }
+    }
+}
+
+impl Report {
+    /// An empty report for `options`.
+    pub fn new(options: &BenchOptions, command: String, audio_seconds: f64) -> Self {
+        let mut commit = sh("git", &["rev-parse", "--short=12", "HEAD"]);
+        if commit.is_empty() {
+            commit = "unknown (not a git checkout)".into();
+        } else if !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+            commit.push_str(" (with uncommitted changes)");
+        }
+        Self {
+            command,
+            git_commit: commit,
+            started_utc: sh("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+            machine: Machine::detect(),
+            preset: "tiny (seeded random weights)".into(),
+            audio_seconds,
+            pace: options.pace,
+            threads: options.threads,
+            cluster_launch: match &options.cluster {
+                None => "not run".into(),
+                Some(crate::Launch::InProcess) => {
+                    "in-process (osa-cluster; memory is this one process's)".into()
+                }
+                Some(crate::Launch::Processes { .. }) => {
+                    "processes (redis-server and the four service binaries)".into()
+                }
+            },
+            rows: Vec::new(),
+            overhead: Vec::new(),
+            memory: Vec::new(),
+            load: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Computes the overhead rows and the end load average.
+    pub fn finish(&mut self) {
+        self.machine.load_average_end = loadavg();
+        self.overhead.clear();
+        for c in self.rows.iter().filter(|r| r.mode == "cluster") {
+            let Some(e) =
+                self.rows.iter().find(|r| r.mode == "embedded" && r.workload == c.workload)
+            else {
+                continue;
+            };
+            let mut stage_diff_ms = BTreeMap::new();
+            for (name, cv, ev) in [
+                ("audio", c.audio_ms, e.audio_ms),
+                ("unet", c.unet_ms, e.unet_ms),
+                ("vae", c.vae_ms, e.vae_ms),
+                ("video", c.video_ms, e.video_ms),
+                ("redis", c.redis_ms, e.redis_ms),
+                ("queue", c.queue_ms, e.queue_ms),
+                ("other", c.other_ms, e.other_ms),
+            ] {
+                stage_diff_ms.insert(name.to_owned(), cv - ev);
+            }
+            if let (Some(t), Some(open), Some(gw), Some(et)) =
+                (c.ttfs_p50_ms, c.open_p50_ms, c.gateway_ttfs_ms, e.ttfs_p50_ms)
+            {
+                self.notes.push(format!(
+                    "cluster {}: TTFS p50 {t:.0} ms = opening the session {open:.0} ms (p50) + \
+                     first audio at the gateway to its first segment {gw:.0} ms (mean) + {:.0} ms \
+                     of client-side gRPC and audio upload; the embedded mode's TTFS p50 is \
+                     {et:.0} ms.",
+                    c.workload,
+                    t - open - gw
+                ));
+            }
+            self.overhead.push(Overhead {
+                workload: c.workload.clone(),
+                rtf_ratio: if e.rtf > 0.0 { c.rtf / e.rtf } else { f64::NAN },
+                ttfs_p50_diff_ms: c.ttfs_p50_ms.zip(e.ttfs_p50_ms).map(|(c, e)| c - e),
+                stage_diff_ms,
+            });
+        }
+    }
+
+    /// The columns of the table, in order.
+    pub const COLUMNS: [&'static str; 19] = [
+        "mode",
+        "workload",
+        "clips",
+        "TTFS p50 ms",
+        "TTFS p95 ms",
+        "open p50 ms",
+        "gateway TTFS ms",
+        "RTF",
+        "fps",
+        "audio enc ms/clip",
+        "UNet ms/clip",
+        "VAE dec ms/clip",
+        "video enc ms/clip",
+        "Redis ms/clip",
+        "queues ms/clip",
+        "gRPC+other ms/clip",
+        "errors",
+        "wall s",
+        "peak MiB",
+    ];
+
+    /// The peak memory column: the bench process for the embedded rows;
+    /// every cluster process (in [`Report::memory`]'s order) for the
+    /// cluster's.
+    fn peak_for(&self, mode: &str) -> String {
+        let embedded = |m: &&ProcMem| m.name.starts_with("bench (embedded");
+        let procs: Vec<&ProcMem> = if mode == "embedded" {
+            self.memory.iter().filter(embedded).collect()
+        } else {
+            self.memory.iter().filter(|m| !embedded(m)).collect()
+        };
+        if procs.is_empty() {
+            return "-".into();
+        }
+        procs.iter().map(|m| format!("{:.0}", m.peak_mib)).collect::<Vec<_>>().join(" / ")
+    }
+
+    /// The table alone (markdown).
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "| {} |", Self::COLUMNS.join(" | "));
+        let _ = writeln!(s, "|{}", "---|".repeat(Self::COLUMNS.len()));
+        let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        for r in &self.rows {
+            let errors = if r.errors.is_empty() {
+                "0".to_owned()
+            } else {
+                r.errors.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} |",
+                r.mode,
+                r.workload,
+                r.clips,
+                opt(r.ttfs_p50_ms),
+                opt(r.ttfs_p95_ms),
+                opt(r.open_p50_ms),
+                opt(r.gateway_ttfs_ms),
+                r.rtf,
+                r.fps,
+                r.audio_ms,
+                r.unet_ms,
+                r.vae_ms,
+                r.video_ms,
+                r.redis_ms,
+                r.queue_ms,
+                r.other_ms,
+                errors,
+                r.wall_s,
+                self.peak_for(&r.mode),
+            );
+        }
+        s
+    }
+
+    /// The whole report as markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(s, "Command: `{}`\n", self.command);
+        let _ = writeln!(
+            s,
+            "Run {} at commit {}. Machine: {}, {} cores, {:.1} GiB RAM, GPU: {}, {}; load \
+             average {} at the start, {} at the end. Preset {}, {:.2} s of speech per session \
+             or job, audio sent {}, libtorch threads per model process {}. Cluster: {}.\n",
+            self.started_utc,
+            self.git_commit,
+            m.cpu,
+            m.cores,
+            m.memory_gib,
+            m.gpu,
+            m.kernel,
+            m.load_average_start,
+            m.load_average_end,
+            self.preset,
+            self.audio_seconds,
+            match self.pace {
+                Pace::Fast => "as fast as the system takes it",
+                Pace::Realtime => "in real time",
+            },
+            if self.threads == 0 { "default".to_owned() } else { self.threads.to_string() },
+            self.cluster_launch,
+        );
+        s.push_str(&self.table());
+        if !self.memory.is_empty() {
+            let _ = writeln!(s, "\nPeak memory per process (VmHWM):\n");
+            let _ = writeln!(s, "| process | pid | peak MiB |\n|---|---|---|");
+            for p in &self.memory {
+                let _ = writeln!(s, "| {} | {} | {:.0} |", p.name, p.pid, p.peak_mib);
+            }
+        }
+        if !self.overhead.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nCluster over embedded (target: RTF ratio < 1.10, TTFS difference < 20 ms; \
+                 per-clip stage differences in ms, cluster minus embedded):\n"
+            );
+            let names: Vec<String> = self.overhead[0].stage_diff_ms.keys().cloned().collect();
+            let _ = writeln!(
+                s,
+                "| workload | RTF ratio | TTFS p50 diff ms | {} |",
+                names.iter().map(|n| format!("{n} ms")).collect::<Vec<_>>().join(" | ")
+            );
+            let _ = writeln!(s, "|{}", "---|".repeat(3 + names.len()));
+            for o in &self.overhead {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.2} | {} | {} |",
+                    o.workload,
+                    o.rtf_ratio,
+                    o.ttfs_p50_diff_ms.map_or("-".into(), |d| format!("{d:+.0}")),
+                    o.stage_diff_ms
+                        .values()
+                        .map(|v| format!("{v:+.1}"))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                );
+            }
+        }
+        if let Some(l) = &self.load {
+            let errors = if l.errors.is_empty() {
+                "none".to_owned()
+            } else {
+                l.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "\nLoad test: {} concurrent sessions (audio in real time) for {:.0} s against an \
+                 admission limit of {} live sessions per key; {:.1} s until the last ended. \
+                 Completed sessions {}, clips {}, TTFS p50/p95 {}/{} ms. Errors by code: {}.\n",
+                l.sessions,
+                l.duration_s,
+                l.capacity,
+                l.wall_s,
+                l.completed,
+                l.clips,
+                l.ttfs_p50_ms.map_or("-".into(), |v| format!("{v:.0}")),
+                l.ttfs_p95_ms.map_or("-".into(), |v| format!("{v:.0}")),
+                errors
+            );
+            let _ =
+                writeln!(s, "| process | pid | VmRSS start MiB | end MiB | max MiB | samples |");
+            let _ = writeln!(s, "|---|---|---|---|---|---|");
+            for t in &l.memory {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.0} | {:.0} | {:.0} | {} |",
+                    t.name, t.pid, t.start_mib, t.end_mib, t.max_mib, t.samples
+                );
+            }
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(s);
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        s
+    }
+
+    /// The report as pretty JSON.
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_replaces_only_the_marked_section() {
+        let doc = format!("# T\nkeep\n{BEGIN}\nold\n{END}\nafter\n");
+        let out = splice(&doc, "| a |\n").unwrap();
+        assert!(out.starts_with("# T\nkeep\n"), "{out}");
+        assert!(out.contains("| a |") && !out.contains("old"), "{out}");
+        assert!(out.ends_with(&format!("{END}\nafter\n")), "{out}");
+        // Idempotent: splicing again gives the same file.
+        assert_eq!(splice(&out, "| a |\n").unwrap(), out);
+        assert!(splice("no markers", "x").is_err());
+    }
+}
