@@ -331,7 +331,12 @@ impl Session {
         let decoder = tokio::spawn(self.clone().read_decoder(dec_out, first_audio.clone()));
         let pump = tokio::spawn(self.clone().pump(dec_tx));
 
-        let mut encoder: Option<Encoder> = None;
+        // Open the first utterance's encoder stream now, not on the first
+        // audio: its round trip stays off the time to the first segment.
+        let mut encoder: Option<Encoder> = match self.open_encoder().await {
+            Ok(e) => Some(e),
+            Err(s) => return self.fail(s).await,
+        };
         let mut audio_samples = 0u64;
         let max_samples = self.shared.settings.gateway.max_audio_duration.as_secs_f64() * 16_000.0;
         let idle = self.shared.settings.live.idle_timeout;
@@ -552,7 +557,22 @@ impl Session {
     /// Sends queued clips through the generator, one at a time, and the
     /// results on to the decoder.
     async fn pump(self, dec_tx: mpsc::Sender<DecodeRequest>) {
-        let mut generator: Option<GeneratorStream> = None;
+        // Likewise the generator stream (and its context in Redis), while
+        // the first clip's audio is still arriving; a failure here is
+        // retried with the first clip.
+        let mut generator: Option<GeneratorStream> = match self.open_generator(false).await {
+            Ok(g) => {
+                self.generator_opened.store(true, Ordering::SeqCst);
+                Some(g)
+            }
+            Err(s) => {
+                tracing::debug!(code = ?s.code(), "generator not opened ahead; retrying with the first clip");
+                if s.code() == tonic::Code::AlreadyExists {
+                    self.generator_opened.store(true, Ordering::SeqCst);
+                }
+                None
+            }
+        };
         let (_, _, frames_per_clip) = self.shared.settings.model.geometry();
         loop {
             let item = tokio::select! {
