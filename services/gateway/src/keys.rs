@@ -71,16 +71,11 @@ impl ApiKeys {
 
     /// Connects to `url` (`redis://...`); `timeout` bounds each request.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, KeyError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| KeyError::Redis(format!("bad redis url {url:?}: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| KeyError::Redis(format!("cannot connect to {url}: {e}")))?;
-        Ok(Self { conn, prefix: prefix.to_owned() })
+        let conn = crate::store::connect(url, timeout).await.map_err(|e| match e {
+            crate::store::StoreError::Redis(m) => KeyError::Redis(m),
+            other => KeyError::Redis(other.to_string()),
+        })?;
+        Ok(Self::new(conn, prefix))
     }
 
     /// Creates a key for `tenant`; returns its id and the key itself (shown

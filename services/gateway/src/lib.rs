@@ -32,7 +32,7 @@ use osa_proto::v1::{
     live_service_server::LiveServiceServer, render_service_server::RenderServiceServer,
 };
 use osa_runtime::{Shutdown, client::ClientOptions, serve::ServiceSet};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -56,11 +56,7 @@ pub fn info_service(settings: &Settings) -> impl osa_proto::v1::info_service_ser
 pub fn redis_connection(s: &settings::RedisSettings) -> anyhow::Result<ConnectionManager> {
     let client = redis::Client::open(s.url.as_str())
         .map_err(|e| anyhow::anyhow!("redis.url {:?}: {e}", s.url))?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(s.timeout))
-        .set_connection_timeout(Some(s.timeout))
-        .set_number_of_retries(1);
-    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+    Ok(ConnectionManager::new_lazy_with_config(client, store::manager_config(s.timeout))?)
 }
 
 /// Serves the gateway on `listener` until `shutdown` and the drain are over.

@@ -656,7 +656,7 @@ impl Session {
                 request: Some(generate_request::Request::Clip(features.clone())),
             };
             let result = if g.tx.send(clip).await.is_err() {
-                Err(first_error(&mut g.out).await)
+                Err(stages::ending_status(&mut g.out, "generator").await)
             } else {
                 match g.out.message().await {
                     Ok(Some(c)) => Ok(c),
@@ -793,17 +793,6 @@ impl Session {
 struct GeneratorStream {
     tx: mpsc::Sender<GenerateRequest>,
     out: Streaming<GeneratedClip>,
-}
-
-/// The status that ended a stream whose request side closed under us.
-async fn first_error<T>(out: &mut Streaming<T>) -> Status {
-    loop {
-        match out.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => return Status::unavailable("the stage closed the stream"),
-            Err(s) => return s,
-        }
-    }
 }
 
 fn humantime_duration(d: Duration) -> String {

@@ -52,8 +52,7 @@ enum Failure {
 
 impl From<ServiceError> for Failure {
     fn from(e: ServiceError) -> Self {
-        let status = Status::from(e);
-        if stages::retryable(&status) { Failure::Retry(status) } else { Failure::Final(status) }
+        classify(Status::from(e))
     }
 }
 
@@ -66,9 +65,8 @@ fn classify(status: Status) -> Failure {
 struct RunState {
     /// Clips finished (latents saved, progress recorded).
     done: u64,
-    /// Generator stream id; changes only when generation restarts from 0.
-    stream_id: String,
-    /// Restarts of generation from clip 0 (a lost rolling context).
+    /// Restarts of generation from clip 0 (a lost rolling context); each
+    /// uses a fresh generator stream id (see [`RunState::stream_id`]).
     restarts: u32,
     /// Whether the generator may hold a context for `stream_id`.
     context_may_exist: bool,
@@ -76,6 +74,14 @@ struct RunState {
     clips_total: u64,
     /// Seconds of video in all.
     media_total: f64,
+}
+
+impl RunState {
+    /// The generator stream of the current generation: the job id, then
+    /// `<job>.r<n>` after the n-th restart from clip 0.
+    fn stream_id(&self, job_id: &str) -> String {
+        if self.restarts == 0 { job_id.to_owned() } else { format!("{job_id}.r{}", self.restarts) }
+    }
 }
 
 /// Claims jobs and runs them; one per gateway process.
@@ -283,7 +289,6 @@ impl Runner {
         let done = claim.job.progress.as_ref().map_or(0, |p| p.clips_done);
         let mut st = RunState {
             done,
-            stream_id: claim.job_id.clone(),
             restarts: 0,
             context_may_exist: claim.reclaimed || done > 0,
             clips_total: spec.clips_total,
@@ -449,7 +454,7 @@ impl Runner {
 
         let (gen_tx, gen_rx) = mpsc::channel::<GenerateRequest>(2);
         let start = GenerateStart {
-            stream_id: st.stream_id.clone(),
+            stream_id: st.stream_id(&claim.job_id),
             avatar_id: keys_layout::generator_avatar_id(&spec.tenant, &spec.avatar_id),
             sampling: Some(SamplingOptions {
                 steps: spec.sampling.steps,
@@ -497,7 +502,7 @@ impl Runner {
                 continue;
             }
             if gen_tx.send(generate(generate_request::Request::Clip(clip))).await.is_err() {
-                return Err(stream_failure(&mut gen_out, "generator").await);
+                return Err(classify(stages::ending_status(&mut gen_out, "generator").await));
             }
             let generated = match gen_out.message().await {
                 Ok(Some(g)) => g,
@@ -554,8 +559,6 @@ impl Runner {
     fn restart_generation(&self, st: &mut RunState) {
         st.restarts += 1;
         st.done = 0;
-        st.stream_id =
-            format!("{}.r{}", st.stream_id.split(".r").next().unwrap_or_default(), st.restarts);
         st.context_may_exist = false;
     }
 
@@ -605,21 +608,8 @@ fn generate(r: generate_request::Request) -> GenerateRequest {
     GenerateRequest { request: Some(r) }
 }
 
-/// The status that ended a stream whose request side closed under us.
-async fn stream_failure<T>(out: &mut tonic::Streaming<T>, stage: &str) -> Failure {
-    loop {
-        match out.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Failure::Retry(Status::unavailable(format!("{stage} closed the stream")));
-            }
-            Err(s) => return classify(s),
-        }
-    }
-}
-
 async fn decoder_failure(out: &mut tonic::Streaming<osa_proto::v1::DecodeResponse>) -> Failure {
-    stream_failure(out, "decoder").await
+    classify(stages::ending_status(out, "decoder").await)
 }
 
 /// 16 kHz f32 samples as PCM16 little-endian bytes.

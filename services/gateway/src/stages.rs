@@ -128,6 +128,18 @@ pub fn backoff(attempt: u32, status: &Status) -> Duration {
     Duration::from_millis(base.min(5_000) + fastrand::u64(0..=base / 4))
 }
 
+/// The status that ended a stage stream whose request side closed under
+/// the caller (the stage failed): read on to its trailers.
+pub async fn ending_status<T>(out: &mut tonic::Streaming<T>, stage: &str) -> Status {
+    loop {
+        match out.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Status::unavailable(format!("{stage} closed the stream")),
+            Err(s) => return s,
+        }
+    }
+}
+
 /// True when `status` says the generator no longer holds `avatar` (evicted
 /// from its store): prepare it again and retry.
 pub fn avatar_missing(status: &Status) -> bool {

@@ -276,15 +276,10 @@ impl WebhookSecrets {
 
     /// Connects to `url` (`redis://...`); `timeout` bounds each request.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, WebhookError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| WebhookError::Redis(format!("bad redis url {url:?}: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| WebhookError::Redis(format!("cannot connect to {url}: {e}")))?;
+        let conn = crate::store::connect(url, timeout).await.map_err(|e| match e {
+            crate::store::StoreError::Redis(m) => WebhookError::Redis(m),
+            other => WebhookError::Redis(other.to_string()),
+        })?;
         Ok(Self::new(conn, prefix))
     }
 

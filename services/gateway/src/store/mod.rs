@@ -98,13 +98,18 @@ pub fn client(url: &str) -> Result<redis::Client, StoreError> {
 /// Redis outage surfaces as [`StoreError::Redis`] within about `timeout`.
 /// The manager reconnects by itself once Redis is back.
 pub async fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, StoreError> {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(timeout))
-        .set_connection_timeout(Some(timeout))
-        .set_number_of_retries(1);
-    ConnectionManager::new_with_config(client(url)?, config)
+    ConnectionManager::new_with_config(client(url)?, manager_config(timeout))
         .await
         .map_err(|e| StoreError::Redis(format!("cannot connect to {url}: {e}")))
+}
+
+/// How every gateway connection to Redis behaves: `timeout` bounds
+/// connecting and each response, one retry, then the error surfaces.
+pub fn manager_config(timeout: Duration) -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout))
+        .set_number_of_retries(1)
 }
 
 /// The page size to use for a requested `page_size`.
