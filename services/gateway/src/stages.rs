@@ -124,8 +124,9 @@ pub fn backoff(attempt: u32, status: &Status) -> Duration {
     {
         return Duration::from_millis(ms.min(10_000));
     }
-    let base = 100u64 << attempt.saturating_sub(1).min(6);
-    Duration::from_millis(base.min(5_000) + fastrand::u64(0..=base / 4))
+    // Capped before the jitter, so a wait never exceeds 5 s + a quarter.
+    let base = (100u64 << attempt.saturating_sub(1).min(6)).min(5_000);
+    Duration::from_millis(base + fastrand::u64(0..=base / 4))
 }
 
 /// The status that ended a stage stream whose request side closed under
