@@ -6,6 +6,11 @@
 //! [`QueueError::Full`], which services answer with RESOURCE_EXHAUSTED), the
 //! thread blocks on [`Inbox::recv`] and gathers batches with
 //! [`Inbox::recv_timeout`], and the queue depth is published as a gauge.
+//! Each client stream holds a [`StreamSlot`] while it is open, so the thread
+//! knows whether waiting for a fuller batch can pay off at all
+//! ([`Inbox::batch_wait`]): with one open stream, or once every open stream
+//! has something in the batch, nobody else is coming and the batch runs at
+//! once instead of idling for `max_batch_wait`.
 //! [`ModelThread`] adds the thread itself and its readiness (a service is
 //! NOT_SERVING until its model has loaded and warmed up).
 
@@ -15,7 +20,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// Why a command was not queued.
@@ -32,6 +37,7 @@ pub enum QueueError {
 pub struct ModelQueue<C> {
     tx: SyncSender<C>,
     depth: Arc<AtomicUsize>,
+    streams: Arc<AtomicUsize>,
     capacity: usize,
     gauge: &'static str,
 }
@@ -41,6 +47,7 @@ impl<C> Clone for ModelQueue<C> {
         Self {
             tx: self.tx.clone(),
             depth: self.depth.clone(),
+            streams: self.streams.clone(),
             capacity: self.capacity,
             gauge: self.gauge,
         }
@@ -52,7 +59,19 @@ impl<C> Clone for ModelQueue<C> {
 pub struct Inbox<C> {
     rx: Receiver<C>,
     depth: Arc<AtomicUsize>,
+    streams: Arc<AtomicUsize>,
     gauge: &'static str,
+}
+
+/// A client stream open on a model: counted by [`Inbox::open_streams`]
+/// until dropped.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A queue of `capacity` commands whose depth is published as the gauge
@@ -60,7 +79,11 @@ pub struct Inbox<C> {
 pub fn model_queue<C>(capacity: usize, gauge: &'static str) -> (ModelQueue<C>, Inbox<C>) {
     let (tx, rx) = mpsc::sync_channel(capacity);
     let depth = Arc::new(AtomicUsize::new(0));
-    (ModelQueue { tx, depth: depth.clone(), capacity, gauge }, Inbox { rx, depth, gauge })
+    let streams = Arc::new(AtomicUsize::new(0));
+    (
+        ModelQueue { tx, depth: depth.clone(), streams: streams.clone(), capacity, gauge },
+        Inbox { rx, depth, streams, gauge },
+    )
 }
 
 impl<C> ModelQueue<C> {
@@ -79,6 +102,12 @@ impl<C> ModelQueue<C> {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Counts a client stream as open until the slot is dropped.
+    pub fn open_stream(&self) -> StreamSlot {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        StreamSlot(self.streams.clone())
     }
 }
 
@@ -99,6 +128,24 @@ impl<C> Inbox<C> {
         match self.rx.recv_timeout(timeout) {
             Ok(c) => Some(self.took(c)),
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Client streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    /// How long a batch whose commands come from `streams_in_batch`
+    /// streams may still wait for more, until `deadline`: zero when no
+    /// other stream is open (what is already queued is still taken, by
+    /// `recv_timeout(ZERO)`), so a lone stream never idles for a batch
+    /// that cannot fill.
+    pub fn batch_wait(&self, streams_in_batch: usize, deadline: Instant) -> Duration {
+        if streams_in_batch >= self.open_streams() {
+            Duration::ZERO
+        } else {
+            deadline.saturating_duration_since(Instant::now())
         }
     }
 }
@@ -153,6 +200,12 @@ impl<C: Send + 'static, G: Clone + Send + Sync + 'static> ModelThread<C, G> {
         self.queue.capacity()
     }
 
+    /// Counts a client stream as open until the slot is dropped (see
+    /// [`Inbox::batch_wait`]).
+    pub fn open_stream(&self) -> StreamSlot {
+        self.queue.open_stream()
+    }
+
     /// Waits until the model is loaded and warm: its geometry, or why not.
     pub async fn ready(&self) -> Result<G, String> {
         let mut rx = self.ready.clone();
@@ -179,6 +232,27 @@ mod tests {
         assert_eq!(q.depth.load(Ordering::Relaxed), 0);
         drop(inbox);
         assert_eq!(q.try_send(4), Err(QueueError::Closed));
+    }
+
+    #[test]
+    fn batches_wait_only_for_streams_that_are_open_and_not_in_them() {
+        let (q, inbox) = model_queue::<u32>(4, "test_batch_wait");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // No stream open, or the only one already in the batch: no wait.
+        assert_eq!(inbox.batch_wait(1, deadline), Duration::ZERO);
+        let a = q.open_stream();
+        assert_eq!(inbox.open_streams(), 1);
+        assert_eq!(inbox.batch_wait(1, deadline), Duration::ZERO);
+        // A second stream might still send: wait up to the deadline.
+        let b = q.clone().open_stream();
+        assert!(inbox.batch_wait(1, deadline) > Duration::from_secs(4));
+        assert_eq!(inbox.batch_wait(2, deadline), Duration::ZERO);
+        assert_eq!(inbox.batch_wait(1, Instant::now()), Duration::ZERO);
+        drop(b);
+        assert_eq!(inbox.open_streams(), 1);
+        assert_eq!(inbox.batch_wait(1, deadline), Duration::ZERO);
+        drop(a);
+        assert_eq!(inbox.open_streams(), 0);
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use osa_proto::{
         audio_encoder_service_server::AudioEncoderService, encode_stream_request::Request as In,
     },
 };
-use osa_runtime::ServiceError;
+use osa_runtime::{ServiceError, model_queue::StreamSlot};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -312,6 +312,7 @@ impl Inner {
 /// stream; the admission permit lives as long as the task.
 fn respond<F>(
     permit: OwnedSemaphorePermit,
+    slot: StreamSlot,
     work: impl FnOnce(Out) -> F,
 ) -> Response<ReceiverStream<Result<ClipFeatures, Status>>>
 where
@@ -328,6 +329,7 @@ where
                 let _ = tx.send(Err(e.into())).await;
             }
             metrics::gauge!("osa_audio_encoder_streams_active").decrement(1.0);
+            drop(slot);
             drop(permit);
         }
         .instrument(tracing::Span::current()),
@@ -372,7 +374,7 @@ impl AudioEncoderService for AudioEncoder {
         metrics::gauge!("osa_audio_encoder_audio_seconds_total", "rpc" => "file")
             .increment(decoded.samples.len() as f64 / SAMPLE_RATE as f64);
         let inner = self.inner.clone();
-        Ok(respond(permit, move |out| async move {
+        Ok(respond(permit, self.inner.worker.open_stream(), move |out| async move {
             inner.encode_samples(decoded.samples, layout, &out).await
         }))
     }
@@ -384,6 +386,8 @@ impl AudioEncoderService for AudioEncoder {
         let permit = self.admit()?;
         let input = request.into_inner();
         let inner = self.inner.clone();
-        Ok(respond(permit, move |out| async move { inner.encode_stream(input, &out).await }))
+        Ok(respond(permit, self.inner.worker.open_stream(), move |out| async move {
+            inner.encode_stream(input, &out).await
+        }))
     }
 }

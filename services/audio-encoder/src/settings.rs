@@ -71,7 +71,9 @@ pub struct AudioEncoderSettings {
     pub queue_capacity: usize,
     /// Most encoder windows in one forward pass.
     pub max_batch: usize,
-    /// How long the model thread waits for more windows to fill a batch.
+    /// How long the model thread waits for more windows to fill a batch;
+    /// only while another stream or file call is open that has nothing in
+    /// the batch yet (a lone stream never waits).
     #[serde(with = "humantime_serde")]
     pub max_batch_wait: Duration,
     /// Encoder window core: the span of positions each window produces

@@ -17,7 +17,7 @@ use std::{
 
 use osa_runtime::{
     ServiceError,
-    model_queue::{Inbox, ModelThread, QueueError, Ready},
+    model_queue::{Inbox, ModelThread, QueueError, Ready, StreamSlot},
 };
 use tokio::sync::oneshot;
 
@@ -84,6 +84,12 @@ impl Worker {
         Ok(Self { thread, stats })
     }
 
+    /// Counts an encode call as open while the slot lives: the thread waits
+    /// for a fuller batch only while other calls are open.
+    pub fn open_stream(&self) -> StreamSlot {
+        self.thread.open_stream()
+    }
+
     /// Counters of the thread.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
@@ -146,8 +152,8 @@ fn thread_main(
         let mut windows = requests[0].jobs.len();
         let deadline = Instant::now() + batch.max_batch_wait;
         while windows < batch.max_batch {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match inbox.recv_timeout(left) {
+            // Each stream has one request in flight at a time.
+            match inbox.recv_timeout(inbox.batch_wait(requests.len(), deadline)) {
                 Some(r) => {
                     windows += r.jobs.len();
                     requests.push(r);

@@ -204,9 +204,11 @@ impl DecoderService for Decoder {
             segment_started: None,
             tx: tx.clone(),
         };
+        let slot = self.worker.open_stream();
         tokio::spawn(
             async move {
                 let _permit = permit;
+                let _slot = slot;
                 if let Err(e) = stream.run(&mut inbound).await {
                     tracing::debug!(error = %e, "decode stream failed");
                     let _ = tx.send(Err(e.into())).await;

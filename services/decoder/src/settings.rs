@@ -50,7 +50,9 @@ pub struct DecoderSettings {
     pub queue_capacity: usize,
     /// Clips of different streams decoded together, at most.
     pub max_batch: usize,
-    /// How long the model waits for more clips to fill a batch.
+    /// How long the model waits for more clips to fill a batch; only while
+    /// another stream is open that has nothing in the batch yet (a lone
+    /// stream never waits).
     #[serde(with = "humantime_serde")]
     pub max_batch_wait: Duration,
     /// H.264 bitrate when a request leaves it at 0, in kbit/s; 0: scaled

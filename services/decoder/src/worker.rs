@@ -15,7 +15,7 @@ use osa_model::{
     taesd::{TaesdConfig, TaesdDecoder},
     vae::AutoencoderKL,
 };
-use osa_runtime::model_queue::{Inbox, ModelThread, QueueError, Ready};
+use osa_runtime::model_queue::{Inbox, ModelThread, QueueError, Ready, StreamSlot};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 use tokio::sync::oneshot;
 
@@ -115,6 +115,12 @@ impl Worker {
     /// failed.
     pub async fn ready(&self) -> Result<Geometry, String> {
         self.thread.ready().await
+    }
+
+    /// Counts a decode stream as open while the slot lives: the thread
+    /// waits for a fuller batch only while other streams are open.
+    pub fn open_stream(&self) -> StreamSlot {
+        self.thread.open_stream()
     }
 
     /// Decodes one clip. Dropping the future drops the job (the thread
@@ -254,10 +260,16 @@ fn build(config: &WorkerConfig) -> Result<Decoders, String> {
     }
 }
 
-fn warm_up(d: &Decoders) -> Result<Geometry, String> {
+/// Decodes the largest batch the thread will ever run (`max_batch` clips)
+/// with each decoder before the service reports ready: a replica whose
+/// device cannot hold it fails at start, not under load, and libtorch's
+/// allocators reach their working set here, so the process's memory stays
+/// flat while it serves.
+fn warm_up(d: &Decoders, max_batch: usize) -> Result<Geometry, String> {
     let g = d.geometry();
+    let frames = g.frames * max_batch.max(1) as i64;
     let z = Tensor::zeros(
-        [1, g.latent_channels, g.latent_height, g.latent_width],
+        [frames, g.latent_channels, g.latent_height, g.latent_width],
         (Kind::Float, Device::Cpu),
     );
     let _ = d.decode(&z, false)?;
@@ -269,7 +281,8 @@ fn warm_up(d: &Decoders) -> Result<Geometry, String> {
 
 fn thread_main(config: WorkerConfig, inbox: Inbox<Command>, ready: Ready<Geometry>) {
     let started = Instant::now();
-    let decoders = match build(&config).and_then(|d| warm_up(&d).map(|g| (d, g))) {
+    let decoders = match build(&config).and_then(|d| warm_up(&d, config.max_batch).map(|g| (d, g)))
+    {
         Ok((d, geometry)) => {
             tracing::info!(
                 preset = d.preset.name,
@@ -291,8 +304,9 @@ fn thread_main(config: WorkerConfig, inbox: Inbox<Command>, ready: Ready<Geometr
         let mut batch = vec![first];
         let deadline = Instant::now() + config.max_batch_wait;
         while batch.len() < config.max_batch {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match inbox.recv_timeout(left) {
+            // Each stream has at most a clip or two queued: counting clips
+            // as streams can only shorten the wait, never stretch it.
+            match inbox.recv_timeout(inbox.batch_wait(batch.len(), deadline)) {
                 Some(cmd) => batch.push(cmd),
                 None => break,
             }

@@ -489,7 +489,23 @@ async fn worker_decodes_two_streams_in_one_batch() {
             enqueued: std::time::Instant::now(),
         }
     };
-    let (a, b) = tokio::join!(worker.decode(job(1)), worker.decode(job(2)));
+    // A lone open stream never waits for a batch that cannot fill.
+    let lone = worker.open_stream();
+    let started = std::time::Instant::now();
+    let alone = worker.decode(job(1)).await.unwrap();
+    assert_eq!(alone.batch_size, 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "a lone stream waited {:?} for a batch (max_batch_wait 5 s)",
+        started.elapsed()
+    );
+    // With two streams open the first clip waits for the second.
+    let _other = worker.open_stream();
+    let (a, b) = tokio::join!(worker.decode(job(1)), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        worker.decode(job(2)).await
+    });
+    drop(lone);
     let (a, b) = (a.unwrap(), b.unwrap());
     // Both arrived within the (long) window: one batch of 2, not two of 1.
     assert_eq!((a.batch_size, b.batch_size), (2, 2));

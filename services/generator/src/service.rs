@@ -238,8 +238,10 @@ impl GeneratorService for Generator {
         // Only the first clip of a resumed stream may be the one already
         // generated (its answer was lost with the replica that made it).
         let mut may_replay = start.resume;
+        let slot = self.worker.open_stream();
         tokio::spawn(
             async move {
+                let _slot = slot;
                 loop {
                     let msg = tokio::select! {
                         m = inbound.message() => m,

@@ -60,7 +60,9 @@ pub struct GeneratorSettings {
     pub queue_capacity: usize,
     /// Clips of different streams run through the UNet together, at most.
     pub max_batch: usize,
-    /// How long the model waits for more clips to fill a batch.
+    /// How long the model waits for more clips to fill a batch; only while
+    /// another stream is open that has nothing in the batch yet (a lone
+    /// stream never waits).
     #[serde(with = "humantime_serde")]
     pub max_batch_wait: Duration,
     /// Largest reference image accepted, in bytes.

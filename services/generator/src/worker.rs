@@ -17,7 +17,7 @@ use osa_model::{
     preset::Preset,
     rolling::RollingState,
 };
-use osa_runtime::model_queue::{Inbox, ModelThread, QueueError, Ready};
+use osa_runtime::model_queue::{Inbox, ModelThread, QueueError, Ready, StreamSlot};
 use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
@@ -173,6 +173,12 @@ impl Worker {
         rx.await.map_err(|_| WorkerError::Gone)?
     }
 
+    /// Counts a generate stream as open while the slot lives: the thread
+    /// waits for a fuller batch only while other streams are open.
+    pub fn open_stream(&self) -> StreamSlot {
+        self.thread.open_stream()
+    }
+
     /// Generates one clip. Dropping the future drops the request from the
     /// queue (the thread skips requests nobody waits for).
     pub async fn generate(&self, request: ClipRequest) -> Result<ClipResult, WorkerError> {
@@ -271,8 +277,9 @@ fn thread_main(config: WorkerConfig, inbox: Inbox<Command>, ready: Ready<Geometr
         if !clips.is_empty() {
             let deadline = Instant::now() + config.max_batch_wait;
             while clips.len() < config.max_batch {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match inbox.recv_timeout(left) {
+                // One clip per stream is in flight (each waits for the
+                // previous clip's rolling state).
+                match inbox.recv_timeout(inbox.batch_wait(clips.len(), deadline)) {
                     Some(Command::Generate { request, reply }) => clips.push((request, reply)),
                     Some(other) => others.push(other),
                     None => break,
