@@ -419,13 +419,18 @@ async fn workloads(
     for &n in &options.sessions {
         say(options, format!("cluster: {n} live session(s)"));
         let before = cluster.scraper.scrape().await?;
-        let start = Instant::now();
-        let runs = futures::future::join_all((0..n).map(|_| {
-            let (client, avatar, pcm) = (client.clone(), avatar.clone(), pcm.clone());
-            async move { session(&client, &avatar, pcm, options.fps, options.pace).await }
-        }))
-        .await;
-        let wall = start.elapsed().as_secs_f64();
+        let (mut runs, mut wall) = (Vec::new(), 0.0);
+        for _ in 0..options.rounds.max(1) {
+            let start = Instant::now();
+            runs.extend(
+                futures::future::join_all((0..n).map(|_| {
+                    let (client, avatar, pcm) = (client.clone(), avatar.clone(), pcm.clone());
+                    async move { session(&client, &avatar, pcm, options.fps, options.pace).await }
+                }))
+                .await,
+            );
+            wall += start.elapsed().as_secs_f64();
+        }
         let d = cluster.scraper.scrape().await?.since(&before);
         let mut errors = BTreeMap::new();
         let ok: Vec<SessionResult> = runs
@@ -509,19 +514,19 @@ async fn workloads(
     }
     report.memory.extend(cluster.peaks());
 
-    if let Some(load) = &options.load {
+    for load in &options.load {
         say(
             options,
             format!("cluster: load test, {} sessions for {:?}", load.sessions, load.duration),
         );
         let strict = crate::cluster::client(&cluster.url, &key, false).await?;
-        report.load = Some(
+        report.load.push(
             crate::load::run(
                 load,
                 options.capacity(),
                 &strict,
                 &avatar,
-                pcm,
+                pcm.clone(),
                 options.fps,
                 &cluster.pids,
             )

@@ -239,45 +239,45 @@ pub fn run(options: &BenchOptions, inputs: &Inputs, report: &mut Report) -> anyh
 
 fn live(m: &Models, options: &BenchOptions, inputs: &Inputs, n: usize) -> anyhow::Result<Row> {
     let layout = Layout { fps: options.fps, frames_per_clip: m.frames_per_clip() };
-    let mut sessions = (0..n)
-        .map(|_| {
-            Ok(Session {
-                seg: Segment::new(m.audio.plan(), layout, m.audio.stride(), 0),
-                pushed: 0,
-                finished: false,
-                state: RollingState::new(0, 1),
-                pending: VecDeque::new(),
-                live: Some(LiveStream::new(m.output_config(false)?, 1)?),
-                clips: 0,
-                frames: 0,
-                first_segment: None,
-                ended: None,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut t = Stages::default();
-    let start = Instant::now();
-    while sessions.iter().any(|s| s.ended.is_none()) {
-        let mut worked = false;
-        for s in &mut sessions {
-            worked |= s.step(m, &inputs.samples, options.pace, start, &mut t)?;
+    let (mut ttfs, mut rtfs, mut clips, mut frames, mut wall) = (Vec::new(), Vec::new(), 0, 0, 0.0);
+    for _ in 0..options.rounds.max(1) {
+        let mut sessions = (0..n)
+            .map(|_| {
+                Ok(Session {
+                    seg: Segment::new(m.audio.plan(), layout, m.audio.stride(), 0),
+                    pushed: 0,
+                    finished: false,
+                    state: RollingState::new(0, 1),
+                    pending: VecDeque::new(),
+                    live: Some(LiveStream::new(m.output_config(false)?, 1)?),
+                    clips: 0,
+                    frames: 0,
+                    first_segment: None,
+                    ended: None,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let start = Instant::now();
+        while sessions.iter().any(|s| s.ended.is_none()) {
+            let mut worked = false;
+            for s in &mut sessions {
+                worked |= s.step(m, &inputs.samples, options.pace, start, &mut t)?;
+            }
+            if !worked {
+                // Real-time pacing: nothing to do until the next chunk arrives.
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
-        if !worked {
-            // Real-time pacing: nothing to do until the next chunk arrives.
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wall += start.elapsed().as_secs_f64();
+        ttfs.extend(sessions.iter().filter_map(|s| s.first_segment).map(|d| d.as_secs_f64() * 1e3));
+        rtfs.extend(
+            sessions.iter().filter_map(|s| s.ended).map(|d| d.as_secs_f64() / inputs.seconds),
+        );
+        clips += sessions.iter().map(|s| s.clips).sum::<u64>();
+        frames += sessions.iter().map(|s| s.frames).sum::<u64>();
     }
-    let wall = start.elapsed().as_secs_f64();
-    let ttfs: Vec<f64> =
-        sessions.iter().filter_map(|s| s.first_segment).map(|d| d.as_secs_f64() * 1e3).collect();
-    let rtf = sessions
-        .iter()
-        .filter_map(|s| s.ended)
-        .map(|d| d.as_secs_f64() / inputs.seconds)
-        .sum::<f64>()
-        / n as f64;
-    let clips: u64 = sessions.iter().map(|s| s.clips).sum();
-    let frames: u64 = sessions.iter().map(|s| s.frames).sum();
+    let rtf = rtfs.iter().sum::<f64>() / rtfs.len().max(1) as f64;
     Ok(row("embedded", format!("live x{n}"), n, clips, frames, ttfs, rtf, wall, t))
 }
 

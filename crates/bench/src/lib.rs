@@ -88,6 +88,10 @@ pub struct BenchOptions {
     pub cluster: Option<Launch>,
     /// Concurrent live sessions, one workload each (e.g. 1, 4, 16).
     pub sessions: Vec<usize>,
+    /// Rounds of each live workload, one after another: TTFS quantiles and
+    /// RTF are over the sessions of all rounds (one session's TTFS is one
+    /// sample; several rounds make its p50 mean something).
+    pub rounds: usize,
     /// Render jobs in the batch workload (0: none).
     pub batch_jobs: usize,
     /// Portrait image.
@@ -108,8 +112,9 @@ pub struct BenchOptions {
     /// The gateway's live sessions per key (the admission limit); `None`:
     /// the largest of [`BenchOptions::sessions`].
     pub capacity: Option<u32>,
-    /// The bounded load test.
-    pub load: Option<LoadOptions>,
+    /// Bounded load tests, one after another (e.g. one level below the
+    /// admission limit and one above it).
+    pub load: Vec<LoadOptions>,
     /// Where the services keep data and logs (a temporary directory when
     /// `None`).
     pub work_dir: Option<PathBuf>,
@@ -125,6 +130,7 @@ impl BenchOptions {
             embedded: true,
             cluster: Some(Launch::InProcess),
             sessions: vec![1, 4, 16],
+            rounds: 1,
             batch_jobs: 4,
             image,
             audio,
@@ -134,7 +140,7 @@ impl BenchOptions {
             face_detector: None,
             fps: 25,
             capacity: None,
-            load: None,
+            load: Vec::new(),
             work_dir: None,
             verbose: false,
         }
@@ -147,6 +153,7 @@ impl BenchOptions {
             "sessions {:?}: each must be in 1..=256",
             self.sessions
         );
+        anyhow::ensure!((1..=100).contains(&self.rounds), "rounds {}: 1 to 100", self.rounds);
         anyhow::ensure!(self.batch_jobs <= 64, "batch of {} jobs: at most 64", self.batch_jobs);
         anyhow::ensure!(
             self.seconds.is_finite() && (0.5..=60.0).contains(&self.seconds),
@@ -157,7 +164,7 @@ impl BenchOptions {
         for (what, p) in [("image", &self.image), ("audio", &self.audio)] {
             anyhow::ensure!(p.is_file(), "{what} {}: no such file", p.display());
         }
-        if let Some(l) = &self.load {
+        for l in &self.load {
             anyhow::ensure!(self.cluster.is_some(), "the load test needs the cluster mode");
             anyhow::ensure!((1..=256).contains(&l.sessions), "load sessions must be in 1..=256");
             anyhow::ensure!(

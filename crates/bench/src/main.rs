@@ -48,9 +48,14 @@ struct Args {
     /// The gateway's live sessions per key (default: the largest --sessions).
     #[arg(long)]
     capacity: Option<u32>,
-    /// Load test: concurrent sessions (0: no load test).
-    #[arg(long, default_value_t = 0)]
-    load_sessions: usize,
+    /// Load tests: concurrent sessions, one test per value, e.g. 12,24 for
+    /// one level below the admission limit (--capacity) and one above it
+    /// (empty or 0: no load test).
+    #[arg(long, value_delimiter = ',')]
+    load_sessions: Vec<usize>,
+    /// Rounds of each live workload (TTFS quantiles over all of them).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Load test: seconds new sessions are started.
     #[arg(long, default_value_t = 20)]
     load_seconds: u64,
@@ -113,10 +118,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         p.is_file().then_some(p)
     });
     o.capacity = args.capacity;
-    o.load = (args.load_sessions > 0).then(|| LoadOptions {
-        sessions: args.load_sessions,
-        duration: Duration::from_secs(args.load_seconds),
-    });
+    o.load = args
+        .load_sessions
+        .iter()
+        .filter(|&&n| n > 0)
+        .map(|&n| LoadOptions { sessions: n, duration: Duration::from_secs(args.load_seconds) })
+        .collect();
+    o.rounds = args.rounds;
     o.work_dir = args.work_dir;
     o.verbose = !args.quiet;
     let report = osa_bench::run(&o, command)?;

@@ -114,6 +114,65 @@ pub struct LoadReport {
     pub memory: Vec<RssTrace>,
 }
 
+/// Memory counts as flat over a load test when no process ends more than
+/// this many MiB above where it started...
+pub const FLAT_MIB: f64 = 16.0;
+/// ...or more than this fraction above it.
+pub const FLAT_FRACTION: f64 = 0.05;
+
+impl RssTrace {
+    /// End minus start, MiB.
+    pub fn growth_mib(&self) -> f64 {
+        self.end_mib - self.start_mib
+    }
+
+    /// Whether the process ended within [`FLAT_MIB`] or [`FLAT_FRACTION`]
+    /// of where it started.
+    pub fn flat(&self) -> bool {
+        self.growth_mib() <= FLAT_MIB.max(self.start_mib * FLAT_FRACTION)
+    }
+}
+
+impl LoadReport {
+    /// What the issue asks of a load test, checked: below the admission
+    /// limit no errors at all; above it, every error RESOURCE_EXHAUSTED
+    /// (no timeouts, nothing else); every process's memory flat. Each
+    /// entry is (criterion, held).
+    pub fn verdict(&self) -> Vec<(String, bool)> {
+        let mut v = Vec::new();
+        if self.sessions as u64 <= u64::from(self.capacity) {
+            v.push(("no errors below capacity".to_owned(), self.errors.is_empty()));
+        } else {
+            let only = self.errors.keys().all(|k| k == "RESOURCE_EXHAUSTED");
+            v.push((
+                "above capacity every refusal is RESOURCE_EXHAUSTED (no timeouts, no other \
+                 errors)"
+                    .to_owned(),
+                only && !self.errors.is_empty(),
+            ));
+        }
+        let grew: Vec<String> = self
+            .memory
+            .iter()
+            .filter(|t| !t.flat())
+            .map(|t| format!("{} {:+.0} MiB", t.name, t.growth_mib()))
+            .collect();
+        v.push((
+            if grew.is_empty() {
+                format!(
+                    "memory of every process flat (end within {FLAT_MIB:.0} MiB or {:.0}% of \
+                     start)",
+                    FLAT_FRACTION * 100.0
+                )
+            } else {
+                format!("memory flat: grew: {}", grew.join(", "))
+            },
+            grew.is_empty(),
+        ));
+        v
+    }
+}
+
 /// Where and how it ran.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -141,7 +200,7 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub overhead: Vec<Overhead>,
     pub memory: Vec<ProcMem>,
-    pub load: Option<LoadReport>,
+    pub load: Vec<LoadReport>,
     pub notes: Vec<String>,
 }
 
@@ -246,7 +305,7 @@ impl Report {
             rows: Vec::new(),
             overhead: Vec::new(),
             memory: Vec::new(),
-            load: None,
+            load: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -436,7 +495,7 @@ impl Report {
                 );
             }
         }
-        if let Some(l) = &self.load {
+        for l in &self.load {
             let errors = if l.errors.is_empty() {
                 "none".to_owned()
             } else {
@@ -467,6 +526,10 @@ impl Report {
                     t.name, t.pid, t.start_mib, t.end_mib, t.max_mib, t.samples
                 );
             }
+            let _ = writeln!(s);
+            for (what, held) in l.verdict() {
+                let _ = writeln!(s, "- {}: {what}", if held { "held" } else { "NOT held" });
+            }
         }
         if !self.notes.is_empty() {
             let _ = writeln!(s);
@@ -486,6 +549,46 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load(sessions: usize, errors: &[(&str, u64)], growth: f64) -> LoadReport {
+        LoadReport {
+            sessions,
+            capacity: 16,
+            duration_s: 10.0,
+            wall_s: 11.0,
+            completed: 3,
+            clips: 15,
+            errors: errors.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+            ttfs_p50_ms: None,
+            ttfs_p95_ms: None,
+            memory: vec![RssTrace {
+                name: "osa-decoder".into(),
+                pid: 1,
+                start_mib: 400.0,
+                end_mib: 400.0 + growth,
+                max_mib: 400.0 + growth,
+                samples: 40,
+            }],
+        }
+    }
+
+    #[test]
+    fn load_verdicts_follow_the_issue() {
+        let held = |l: &LoadReport| l.verdict().iter().map(|(_, h)| *h).collect::<Vec<_>>();
+        assert_eq!(held(&load(12, &[], 3.0)), [true, true]);
+        assert_eq!(held(&load(12, &[("UNAVAILABLE", 1)], 3.0)), [false, true]);
+        assert_eq!(held(&load(24, &[("RESOURCE_EXHAUSTED", 9)], 3.0)), [true, true]);
+        assert_eq!(
+            held(&load(24, &[("RESOURCE_EXHAUSTED", 9), ("TIMEOUT", 1)], 3.0)),
+            [false, true]
+        );
+        // Above capacity with nothing refused: the limit did not act.
+        assert_eq!(held(&load(24, &[], 3.0)), [false, true]);
+        // 400 MiB may grow by 20 (5%), not by 21.
+        assert_eq!(held(&load(12, &[], 20.0)), [true, true]);
+        assert_eq!(held(&load(12, &[], 21.0)), [true, false]);
+        assert!(load(12, &[], 21.0).verdict()[1].0.contains("osa-decoder +21 MiB"));
+    }
 
     #[test]
     fn the_report_replaces_only_the_marked_section() {

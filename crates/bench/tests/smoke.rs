@@ -1,10 +1,13 @@
 //! The tool's library entry end to end on the tiny preset: both modes (the
 //! cluster in-process), one live session and one render job of 1.5 s of the
-//! sample speech; every column is there and the values are sane.
+//! sample speech, two rounds of the live workload; every column is there
+//! and the values are sane. Then two short load tests against an admission
+//! limit of one session: one at the limit (no errors) and one above it
+//! (RESOURCE_EXHAUSTED only).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
-use osa_bench::{BenchOptions, Launch, Report};
+use osa_bench::{BenchOptions, Launch, LoadOptions, Report};
 
 fn sample(name: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -23,6 +26,10 @@ fn one_session_and_one_job_in_both_modes_fill_every_column() {
     o.sessions = vec![1];
     o.batch_jobs = 1;
     o.seconds = 1.5;
+    o.rounds = 2;
+    o.capacity = Some(1);
+    o.load =
+        [1, 2].map(|sessions| LoadOptions { sessions, duration: Duration::from_secs(1) }).to_vec();
     let report = osa_bench::run(&o, "smoke test".into()).expect("the bench runs");
 
     let table = report.table();
@@ -34,8 +41,9 @@ fn one_session_and_one_job_in_both_modes_fill_every_column() {
     assert_eq!(report.rows.len(), 4, "{table}");
     for r in &report.rows {
         assert!(r.errors.is_empty(), "{} {}: errors {:?}", r.mode, r.workload, r.errors);
-        // 1.5 s at 25 fps: 38 frames in 4 clips of 12.
-        assert_eq!(r.clips, 4, "{} {}", r.mode, r.workload);
+        // 1.5 s at 25 fps: 38 frames in 4 clips of 12 (per round).
+        let rounds = if r.workload.starts_with("live") { 2 } else { 1 };
+        assert_eq!(r.clips, 4 * rounds, "{} {}", r.mode, r.workload);
         assert!(r.rtf > 0.0 && r.rtf.is_finite(), "{} {}: rtf {}", r.mode, r.workload, r.rtf);
         assert!(r.fps > 0.0, "{} {}: fps {}", r.mode, r.workload, r.fps);
         assert!(r.unet_ms > 0.0 && r.vae_ms > 0.0 && r.audio_ms > 0.0, "{r:?}");
@@ -53,6 +61,14 @@ fn one_session_and_one_job_in_both_modes_fill_every_column() {
     assert_eq!(report.overhead.len(), 2, "an overhead row per workload");
     assert!(report.overhead.iter().all(|o| o.rtf_ratio > 0.0));
     assert!(!report.memory.is_empty() && report.memory.iter().all(|m| m.peak_mib > 10.0));
+    assert_eq!(report.load.len(), 2, "{:?}", report.load);
+    for l in &report.load {
+        // Memory flatness is not asserted here: in-process, every stage's
+        // first calls land in this one process during a 1 s test.
+        let (what, held) = &l.verdict()[0];
+        assert!(held, "load test of {} sessions: {what}: {:?}", l.sessions, l.errors);
+        assert!(l.completed >= 1, "{l:?}");
+    }
     let md = report.markdown();
     assert!(md.contains("smoke test") && md.contains("RTF ratio"), "{md}");
     let json: serde_json::Value = serde_json::from_str(&report.json()).expect("json");
