@@ -322,18 +322,23 @@ impl Session {
         let _ = dec_tx
             .send(DecodeRequest { request: Some(decode_request::Request::Start(start)) })
             .await;
-        let dec_out =
-            match self.shared.stages.decoder.clone().decode(ReceiverStream::new(dec_rx)).await {
-                Ok(r) => r.into_inner(),
-                Err(s) => return self.fail(s).await,
-            };
+        // The three stage streams open at once and before the first audio
+        // is read, so none of their round trips (nor the generator's context
+        // in Redis, nor the decoder's H.264 encoder set-up) lands on the
+        // first segment: the generator's in the pump, the decoder's and the
+        // first utterance's encoder stream here. A failure cancels `abort`,
+        // which stops the pump.
+        let pump = tokio::spawn(self.clone().pump(dec_tx));
+        let mut dec_client = self.shared.stages.decoder.clone();
+        let (dec_out, encoder) =
+            tokio::join!(dec_client.decode(ReceiverStream::new(dec_rx)), self.open_encoder());
+        let dec_out = match dec_out {
+            Ok(r) => r.into_inner(),
+            Err(s) => return self.fail(s).await,
+        };
         let first_audio: Arc<Mutex<Option<Instant>>> = Arc::default();
         let decoder = tokio::spawn(self.clone().read_decoder(dec_out, first_audio.clone()));
-        let pump = tokio::spawn(self.clone().pump(dec_tx));
-
-        // Open the first utterance's encoder stream now, not on the first
-        // audio: its round trip stays off the time to the first segment.
-        let mut encoder: Option<Encoder> = match self.open_encoder().await {
+        let mut encoder: Option<Encoder> = match encoder {
             Ok(e) => Some(e),
             Err(s) => return self.fail(s).await,
         };
