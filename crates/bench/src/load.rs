@@ -123,14 +123,7 @@ pub async fn run(
     let memory = pids
         .iter()
         .zip(traces.lock().expect("traces lock").iter())
-        .map(|((name, pid), t)| RssTrace {
-            name: name.clone(),
-            pid: *pid,
-            start_mib: t.first().copied().unwrap_or(f64::NAN),
-            end_mib: t.last().copied().unwrap_or(f64::NAN),
-            max_mib: t.iter().copied().fold(f64::NAN, f64::max),
-            samples: t.len(),
-        })
+        .map(|((name, pid), t)| RssTrace::new(name.clone(), *pid, t))
         .collect();
     let t = std::mem::take(&mut *tally.lock().expect("tally lock"));
     LoadReport {

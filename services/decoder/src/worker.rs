@@ -262,9 +262,8 @@ fn build(config: &WorkerConfig) -> Result<Decoders, String> {
 
 /// Decodes the largest batch the thread will ever run (`max_batch` clips)
 /// with each decoder before the service reports ready: a replica whose
-/// device cannot hold it fails at start, not under load, and libtorch's
-/// allocators reach their working set here, so the process's memory stays
-/// flat while it serves.
+/// device cannot hold it fails at start, not under load (on a GPU,
+/// libtorch's caching allocator then keeps that working set reserved).
 fn warm_up(d: &Decoders, max_batch: usize) -> Result<Geometry, String> {
     let g = d.geometry();
     let frames = g.frames * max_batch.max(1) as i64;
