@@ -35,9 +35,29 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Serves `GET /metrics` in the Prometheus text format until `shutdown`.
+/// How often recorded histogram samples are folded into their buckets
+/// when nobody scrapes (the exporter keeps every sample until then).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `GET /metrics` in the Prometheus text format until `shutdown`,
+/// and folds histogram samples into their buckets every [`UPKEEP_EVERY`]:
+/// the exporter holds each recorded sample until the next render or
+/// upkeep, so a process that nobody scrapes would otherwise grow by every
+/// clip's samples for as long as it runs.
 pub async fn serve(listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
     let handle = install();
+    tokio::spawn({
+        let (handle, shutdown) = (handle.clone(), shutdown.clone());
+        async move {
+            let mut every = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => handle.run_upkeep(),
+                    () = shutdown.triggered() => break,
+                }
+            }
+        }
+    });
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
