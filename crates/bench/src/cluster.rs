@@ -66,6 +66,11 @@ pub struct Running {
     _redis: Redis,
 }
 
+/// The decoder's environment in the deployment (deploy/base/decoder.yaml),
+/// which the bench's decoder process gets too: glibc's malloc with at most
+/// two arenas (see docs/benchmarks.md, memory).
+pub const DECODER_ENV: (&str, &str) = ("MALLOC_ARENA_MAX", "2");
+
 fn grpc(port: u16) -> GrpcSettings {
     let mut g = GrpcSettings::on_port(port);
     g.listen = SocketAddr::from(([127, 0, 0, 1], port));
@@ -205,6 +210,10 @@ impl Running {
             );
             let mut cmd = Command::new(&path);
             cmd.arg("--config").arg(config);
+            if *bin == "osa-decoder" {
+                // As the deployment starts it (deploy/base/decoder.yaml).
+                cmd.env(DECODER_ENV.0, DECODER_ENV.1);
+            }
             if options.threads > 0 {
                 // libtorch takes its intra-op thread count from these.
                 cmd.env("OMP_NUM_THREADS", options.threads.to_string());
@@ -534,4 +543,19 @@ async fn workloads(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bench_starts_its_decoder_as_the_deployment_does() {
+        let manifest = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base/decoder.yaml"),
+        )
+        .expect("deploy/base/decoder.yaml");
+        let want = format!("- name: {}\n              value: \"{}\"", DECODER_ENV.0, DECODER_ENV.1);
+        assert!(manifest.contains(&want), "deploy/base/decoder.yaml lacks {want:?}");
+    }
 }
