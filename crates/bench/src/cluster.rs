@@ -552,7 +552,7 @@ mod tests {
     #[test]
     fn the_bench_starts_its_decoder_as_the_deployment_does() {
         let manifest = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base/decoder.yaml"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/base/decoder.yaml"),
         )
         .expect("deploy/base/decoder.yaml");
         let want = format!("- name: {}\n              value: \"{}\"", DECODER_ENV.0, DECODER_ENV.1);
