@@ -19,7 +19,7 @@ use osa_runtime::{
 };
 
 use crate::{
-    BenchOptions, Inputs, Launch, Pace, Report, Row,
+    BenchOptions, Inputs, Launch, LoadOptions, Pace, Report, Row,
     embedded::CHUNK,
     metrics::{Samples, scrape},
     procs::{Proc, Redis, free_port, status_mib},
@@ -523,6 +523,26 @@ async fn workloads(
     }
     report.memory.extend(cluster.peaks());
 
+    if let Some(first) = options.load.first().filter(|_| !options.load_ramp.is_zero()) {
+        let ramp = LoadOptions { sessions: first.sessions, duration: options.load_ramp };
+        say(
+            options,
+            format!("cluster: load ramp, {} sessions for {:?}", ramp.sessions, ramp.duration),
+        );
+        let strict = crate::cluster::client(&cluster.url, &key, false).await?;
+        report.load_ramp = Some(
+            crate::load::run(
+                &ramp,
+                options.capacity(),
+                &strict,
+                &avatar,
+                pcm.clone(),
+                options.fps,
+                &cluster.pids,
+            )
+            .await,
+        );
+    }
     for load in &options.load {
         say(
             options,

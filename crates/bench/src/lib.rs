@@ -115,6 +115,11 @@ pub struct BenchOptions {
     /// Bounded load tests, one after another (e.g. one level below the
     /// admission limit and one above it).
     pub load: Vec<LoadOptions>,
+    /// Before the first load test: this long at its concurrency, not
+    /// judged (zero: none). The processes' allocators take the working set
+    /// of sustained concurrent sessions over the first minute or two; the
+    /// verdicts are about what happens after.
+    pub load_ramp: Duration,
     /// Where the services keep data and logs (a temporary directory when
     /// `None`).
     pub work_dir: Option<PathBuf>,
@@ -141,6 +146,7 @@ impl BenchOptions {
             fps: 25,
             capacity: None,
             load: Vec::new(),
+            load_ramp: Duration::ZERO,
             work_dir: None,
             verbose: false,
         }
@@ -164,6 +170,11 @@ impl BenchOptions {
         for (what, p) in [("image", &self.image), ("audio", &self.audio)] {
             anyhow::ensure!(p.is_file(), "{what} {}: no such file", p.display());
         }
+        anyhow::ensure!(
+            self.load_ramp <= Duration::from_secs(600),
+            "load ramp {:?}: at most 10 minutes",
+            self.load_ramp
+        );
         for l in &self.load {
             anyhow::ensure!(self.cluster.is_some(), "the load test needs the cluster mode");
             anyhow::ensure!((1..=256).contains(&l.sessions), "load sessions must be in 1..=256");

@@ -53,6 +53,10 @@ struct Args {
     /// (empty or 0: no load test).
     #[arg(long, value_delimiter = ',')]
     load_sessions: Vec<usize>,
+    /// Load tests: seconds at the first level's concurrency before the
+    /// first level, not judged (the allocators' ramp).
+    #[arg(long, default_value_t = 0)]
+    load_ramp_seconds: u64,
     /// Rounds of each live workload (TTFS quantiles over all of them).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -125,6 +129,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map(|&n| LoadOptions { sessions: n, duration: Duration::from_secs(args.load_seconds) })
         .collect();
     o.rounds = args.rounds;
+    o.load_ramp = Duration::from_secs(args.load_ramp_seconds);
     o.work_dir = args.work_dir;
     o.verbose = !args.quiet;
     let report = osa_bench::run(&o, command)?;

@@ -242,6 +242,8 @@ pub struct Report {
     pub overhead: Vec<Overhead>,
     pub memory: Vec<ProcMem>,
     pub load: Vec<LoadReport>,
+    /// The untimed ramp before the load tests, if any (not judged).
+    pub load_ramp: Option<LoadReport>,
     pub notes: Vec<String>,
 }
 
@@ -347,6 +349,7 @@ impl Report {
             overhead: Vec::new(),
             memory: Vec::new(),
             load: Vec::new(),
+            load_ramp: None,
             notes: Vec::new(),
         }
     }
@@ -535,6 +538,24 @@ impl Report {
                         .join(" | ")
                 );
             }
+        }
+        if let Some(r) = &self.load_ramp {
+            let _ = writeln!(
+                s,
+                "\nLoad ramp (not judged): {} concurrent sessions for {:.0} s before the load \
+                 tests, so that they measure the processes after their allocators have taken \
+                 the working set of sustained load. Completed sessions {}, errors {}. VmRSS \
+                 start to end MiB: {}.",
+                r.sessions,
+                r.duration_s,
+                r.completed,
+                r.errors.values().sum::<u64>(),
+                r.memory
+                    .iter()
+                    .map(|t| format!("{} {:.0} to {:.0}", t.name, t.start_mib, t.end_mib))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         for l in &self.load {
             let errors = if l.errors.is_empty() {

@@ -2,8 +2,8 @@
 //! cluster in-process), one live session and one render job of 1.5 s of the
 //! sample speech, two rounds of the live workload; every column is there
 //! and the values are sane. Then two short load tests against an admission
-//! limit of one session: one at the limit (no errors) and one above it
-//! (RESOURCE_EXHAUSTED only).
+//! limit of one session, after a 1 s ramp: one at the limit (no errors) and
+//! one above it (RESOURCE_EXHAUSTED only).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -30,6 +30,7 @@ fn one_session_and_one_job_in_both_modes_fill_every_column() {
     o.capacity = Some(1);
     o.load =
         [1, 2].map(|sessions| LoadOptions { sessions, duration: Duration::from_secs(1) }).to_vec();
+    o.load_ramp = Duration::from_secs(1);
     let report = osa_bench::run(&o, "smoke test".into()).expect("the bench runs");
 
     let table = report.table();
@@ -62,6 +63,9 @@ fn one_session_and_one_job_in_both_modes_fill_every_column() {
     assert!(report.overhead.iter().all(|o| o.rtf_ratio > 0.0));
     assert!(!report.memory.is_empty() && report.memory.iter().all(|m| m.peak_mib > 10.0));
     assert_eq!(report.load.len(), 2, "{:?}", report.load);
+    let ramp = report.load_ramp.as_ref().expect("a ramp before the load tests");
+    assert_eq!(ramp.sessions, 1);
+    assert!(ramp.completed >= 1, "{ramp:?}");
     for l in &report.load {
         // Memory flatness is not asserted here: in-process, every stage's
         // first calls land in this one process during a 1 s test.
