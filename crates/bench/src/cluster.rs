@@ -523,34 +523,22 @@ async fn workloads(
     }
     report.memory.extend(cluster.peaks());
 
-    if let Some(first) = options.load.first().filter(|_| !options.load_ramp.is_zero()) {
-        let ramp = LoadOptions { sessions: first.sessions, duration: options.load_ramp };
-        say(
-            options,
-            format!("cluster: load ramp, {} sessions for {:?}", ramp.sessions, ramp.duration),
-        );
+    if !options.load.is_empty() {
+        // No retries: every refusal must reach the tally.
         let strict = crate::cluster::client(&cluster.url, &key, false).await?;
-        report.load_ramp = Some(
-            crate::load::run(
-                &ramp,
-                options.capacity(),
-                &strict,
-                &avatar,
-                pcm.clone(),
-                options.fps,
-                &cluster.pids,
-            )
-            .await,
-        );
-    }
-    for load in &options.load {
-        say(
-            options,
-            format!("cluster: load test, {} sessions for {:?}", load.sessions, load.duration),
-        );
-        let strict = crate::cluster::client(&cluster.url, &key, false).await?;
-        report.load.push(
-            crate::load::run(
+        let ramp = options
+            .load
+            .first()
+            .filter(|_| !options.load_ramp.is_zero())
+            .map(|first| LoadOptions { sessions: first.sessions, duration: options.load_ramp });
+        let runs = ramp.iter().map(|r| (true, r)).chain(options.load.iter().map(|l| (false, l)));
+        for (is_ramp, load) in runs {
+            let what = if is_ramp { "ramp" } else { "test" };
+            say(
+                options,
+                format!("cluster: load {what}, {} sessions for {:?}", load.sessions, load.duration),
+            );
+            let result = crate::load::run(
                 load,
                 options.capacity(),
                 &strict,
@@ -559,8 +547,13 @@ async fn workloads(
                 options.fps,
                 &cluster.pids,
             )
-            .await,
-        );
+            .await;
+            if is_ramp {
+                report.load_ramp = Some(result);
+            } else {
+                report.load.push(result);
+            }
+        }
     }
     Ok(())
 }
